@@ -1,0 +1,25 @@
+.PHONY: setup demo test bench lint rabbitmq4
+
+setup:
+	scripts/setup.sh
+
+# a handler backs off a few times, then succeeds: a timeline against the local broker
+demo: setup
+	scripts/broker.sh
+	.venv/bin/python docs/examples/demo.py
+
+# everything CI runs: lint, types, tests on RabbitMQ 3 and 4, coverage
+test:
+	scripts/test.sh
+
+bench: setup
+	scripts/broker.sh
+	.venv/bin/python bench/retry_throughput.py
+	.venv/bin/python bench/nameko_throughput.py
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+rabbitmq4:
+	scripts/rabbitmq4.sh ensure

@@ -1,0 +1,65 @@
+"""aio-backoff: delayed retries with backoff schedules on RabbitMQ.
+
+A consumer that cannot finish a message yet raises :class:`Backoff`; the message comes
+back later on the retry schedule, and once the limit is spent the handler sees
+:class:`Backoff.Expired`.
+"""
+
+from ._backoff import Backoff, as_backoff, backoff_class
+from ._plan import RetryPlan, plan_retry
+from ._protocol import (
+    DELAY_HEADER,
+    PROTOCOL_VERSION,
+    RETRIES_HEADER,
+    legacy_retries,
+    retries_done,
+)
+from ._schedule import (
+    Schedule,
+    capped,
+    exponential,
+    fixed,
+    full_jitter,
+    gauss_jitter,
+    round_to_nearest,
+    sequence,
+)
+from ._topology import (
+    DEFAULT_EXCHANGE,
+    EXPIRY_GRACE_PERIOD_MS,
+    MAX_DELAY_MS,
+    DelayQueue,
+    LeaseBook,
+    delay_queue,
+    delay_queue_name,
+    parking_queue_name,
+)
+
+__all__ = [
+    "DEFAULT_EXCHANGE",
+    "DELAY_HEADER",
+    "EXPIRY_GRACE_PERIOD_MS",
+    "MAX_DELAY_MS",
+    "PROTOCOL_VERSION",
+    "RETRIES_HEADER",
+    "Backoff",
+    "DelayQueue",
+    "LeaseBook",
+    "RetryPlan",
+    "Schedule",
+    "as_backoff",
+    "backoff_class",
+    "capped",
+    "delay_queue",
+    "delay_queue_name",
+    "exponential",
+    "fixed",
+    "full_jitter",
+    "gauss_jitter",
+    "legacy_retries",
+    "parking_queue_name",
+    "plan_retry",
+    "retries_done",
+    "round_to_nearest",
+    "sequence",
+]

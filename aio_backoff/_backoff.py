@@ -1,0 +1,258 @@
+"""The ``Backoff`` exception: what a handler raises to be retried later.
+
+Subclass it to set a policy; the class attributes are read when a retry is planned,
+so patching them (``patch.object(Backoff, "limit", 3)``) changes running consumers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+from ._protocol import retries_done
+from ._schedule import Schedule, gauss_jitter, sequence
+from ._topology import DEFAULT_EXCHANGE, MAX_DELAY_MS
+
+__all__ = ["Backoff", "backoff_class"]
+
+
+class _HasHeaders(Protocol):
+    @property
+    def headers(self) -> Mapping[str, Any] | None: ...
+
+
+class Backoff(Exception):
+    """Raise to have the message delivered again later, on ``schedule``.
+
+    - ``schedule``: delays in ms, the last one repeating; or a callable
+      ``(index) -> ms`` such as :func:`aio_backoff.exponential`.
+    - ``limit``: retries before ``Backoff.Expired``; ``None`` or ``0`` retries forever.
+    - ``random_sigma``: ms of Gaussian jitter (0 turns it off); delays are rounded to
+      ``random_sigma / random_groups_per_sigma`` ms so they share few delay queues.
+    - ``delay_ms`` (per raise): use this delay for the next retry instead of the
+      schedule, e.g. from an upstream ``Retry-After``; no jitter is added to it.
+
+    The delay for retry index ``i`` (retries made so far) is
+    ``|round(gauss(get_next_schedule_item(i), sigma), sigma / groups)|``, capped at
+    ``MAX_DELAY_MS``.
+    """
+
+    schedule: ClassVar[Sequence[float] | Schedule] = (
+        1000,
+        2000,
+        3000,
+        5000,
+        8000,
+        13000,
+        21000,
+        34000,
+        55000,
+    )
+    limit: ClassVar[int | None] = 20
+    random_sigma: ClassVar[float] = 100
+    random_groups_per_sigma: ClassVar[int] = 5
+
+    class Expired(Exception):
+        """Raised, chained from the ``Backoff``, once a message has used its retries.
+
+        Attributes: ``retries`` (how many were made), ``limit`` and ``max_delay_ms``
+        (the schedule's total delay over ``limit`` retries; approximate with jitter).
+        """
+
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            self.retries = 0
+            self.limit = 0
+            self.max_delay_ms = 0.0
+
+    def __init__(self, *args: object, delay_ms: float | None = None) -> None:
+        super().__init__(*args)
+        if delay_ms is not None:
+            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int | float):
+                msg = f"Backoff(delay_ms=...) must be a number of ms, got {delay_ms!r}"
+                raise TypeError(msg)
+            if math.isnan(delay_ms) or delay_ms < 0:
+                msg = f"Backoff(delay_ms=...) must be 0 or more ms, got {delay_ms!r}"
+                raise ValueError(msg)
+        self.delay_ms = delay_ms
+        self._total_attempts: int | None = None
+        self._next_expiration: int | None = None
+
+    # -- schedule --------------------------------------------------------------
+
+    @classmethod
+    def get_next_schedule_item(cls, index: int) -> float:
+        """The scheduled delay (ms, before jitter) after ``index`` retries.
+
+        Override for a dynamic schedule, or assign a schedule helper:
+        ``get_next_schedule_item = staticmethod(exponential(100, cap_ms=5000))``.
+        """
+        schedule = cls.schedule
+        if callable(schedule):
+            return schedule(index)
+        if isinstance(schedule, str | bytes) or not isinstance(schedule, Sequence):
+            msg = (
+                f"{cls.__name__}.schedule must be a sequence of ms or a callable "
+                f"(index) -> ms, got {schedule!r}"
+            )
+            raise TypeError(msg)
+        return sequence(schedule)(index)
+
+    @classmethod
+    def effective_limit(cls) -> int | None:
+        """``limit`` checked, with 0 read as None (retry forever)."""
+        limit = cls.limit
+        if limit is None or limit == 0:
+            return None
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            msg = (
+                f"{cls.__name__}.limit must be a whole number of retries, or None/0 "
+                f"to retry forever, got {limit!r}"
+            )
+            raise ValueError(msg)
+        return limit
+
+    @property
+    def max_delay(self) -> float:
+        """Total scheduled delay in ms over ``limit`` retries (``inf`` if unlimited)."""
+        limit = self.effective_limit()
+        if limit is None:
+            return math.inf
+        return sum(abs(self.get_next_schedule_item(i)) for i in range(limit))
+
+    @classmethod
+    def _gauss(cls, mu: float, sigma: float) -> float:
+        """The jitter draw. A hook so that nameko_bridge can draw from its module."""
+        return random.gauss(mu, sigma)
+
+    # -- planning --------------------------------------------------------------
+
+    def expired(self, retries: int) -> Backoff.Expired:
+        """The ``Expired`` error for a message that has had ``retries`` retries."""
+        limit = self.effective_limit() or retries
+        max_delay = self.max_delay
+        error = self.Expired(
+            f"Backoff aborted after '{limit}' retries (~{max_delay / 1000:.0f} seconds)"
+        )
+        error.retries = retries
+        error.limit = limit
+        error.max_delay_ms = max_delay
+        return error
+
+    def compute_next(self, retries: int) -> int:
+        """The delay in ms for the next retry of a message retried ``retries`` times.
+
+        Raises ``Backoff.Expired`` (chained from this ``Backoff``) once ``retries``
+        reaches ``limit``. Stores the result so that ``str()`` can describe it.
+        """
+        if retries < 0:
+            msg = f"retries must be 0 or more, got {retries}"
+            raise ValueError(msg)
+        limit = self.effective_limit()
+        if limit is not None and retries >= limit:
+            raise self.expired(retries) from self
+
+        if self.delay_ms is not None:
+            delay = int(self.delay_ms)
+        else:
+            scheduled = self.get_next_schedule_item(retries)
+            if isinstance(scheduled, bool) or not isinstance(scheduled, int | float):
+                msg = (
+                    f"{type(self).__name__}.get_next_schedule_item({retries}) must "
+                    f"return a number of ms, got {scheduled!r}"
+                )
+                raise TypeError(msg)
+            if math.isnan(scheduled):
+                msg = (
+                    f"{type(self).__name__}.get_next_schedule_item({retries}) "
+                    "returned NaN"
+                )
+                raise ValueError(msg)
+            scheduled = max(-MAX_DELAY_MS, min(scheduled, MAX_DELAY_MS))
+            delay = gauss_jitter(
+                scheduled,
+                sigma_ms=self.random_sigma,
+                groups_per_sigma=self.random_groups_per_sigma,
+                gauss=self._gauss,
+            )
+        delay = min(abs(delay), MAX_DELAY_MS)
+        self._total_attempts = retries
+        self._next_expiration = delay
+        return delay
+
+    def next(
+        self, message: _HasHeaders, backoff_exchange_name: str = DEFAULT_EXCHANGE
+    ) -> int:
+        """Plan the next retry of ``message`` (anything with ``.headers``).
+
+        Counts the retries from the protocol headers (see ``docs/protocol.md``) and
+        returns :meth:`compute_next` of that count.
+        """
+        return self.compute_next(retries_done(message.headers, backoff_exchange_name))
+
+    @property
+    def retry_number(self) -> int | None:
+        """1-based number of the planned retry, once planned."""
+        return None if self._total_attempts is None else self._total_attempts + 1
+
+    @property
+    def next_delay_ms(self) -> int | None:
+        """The planned delay in ms, once planned."""
+        return self._next_expiration
+
+    def __str__(self) -> str:
+        if self._next_expiration is None or self._total_attempts is None:
+            return "Backoff(uninitialised)"
+        return (
+            f"Backoff(retry #{self._total_attempts + 1} in {self._next_expiration}ms)"
+        )
+
+
+def backoff_class(
+    *,
+    schedule: Sequence[float] | Schedule | None = None,
+    limit: int | None = None,
+    random_sigma: float | None = None,
+    random_groups_per_sigma: int | None = None,
+    base: type[Backoff] = Backoff,
+    name: str = "CustomBackoff",
+) -> type[Backoff]:
+    """A ``Backoff`` subclass with the given settings; ``None`` keeps ``base``'s.
+
+    The defaults are read now, when the class is made.
+    """
+    attributes: dict[str, Any] = {
+        "schedule": base.schedule if schedule is None else schedule,
+        "limit": base.limit if limit is None else limit,
+        "random_sigma": base.random_sigma if random_sigma is None else random_sigma,
+        "random_groups_per_sigma": (
+            base.random_groups_per_sigma
+            if random_groups_per_sigma is None
+            else random_groups_per_sigma
+        ),
+        "__module__": base.__module__,
+    }
+    if callable(attributes["schedule"]):
+        attributes["schedule"] = staticmethod(attributes["schedule"])
+    return type(name, (base,), attributes)
+
+
+def as_backoff(
+    error: BaseException,
+    retry_for: tuple[type[BaseException], ...],
+    backoff: type[Backoff],
+) -> Backoff | None:
+    """``error`` as a ``Backoff``: itself, a ``backoff`` chained from it, or None."""
+    if isinstance(error, Backoff):
+        return error
+    if retry_for and isinstance(error, retry_for):
+        converted = backoff()
+        converted.__cause__ = error
+        return converted
+    return None
+
+
+RetryFor = tuple[type[BaseException], ...]
+BackoffFactory = Callable[[], Backoff]

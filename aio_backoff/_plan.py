@@ -1,0 +1,72 @@
+"""The retry decision: from a raised ``Backoff`` and a message's headers to a plan.
+
+Both stacks ask :func:`plan_retry` what to do and then only carry it out, so a
+message retried by an asyncio consumer and by a nameko service is counted and routed
+the same way. Nothing here talks to a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._backoff import Backoff
+from ._protocol import delayed_headers, retries_done
+from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, DelayQueue
+
+__all__ = ["RetryPlan", "plan_retry"]
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """A delayed copy to publish: where, with which headers, for how long.
+
+    Publish the body to ``delay_queue.exchange`` with ``routing_key``, ``headers`` and
+    a per-message expiration of ``delay_ms``; the delay queue dead-letters it back to
+    the queue ``routing_key`` names.
+    """
+
+    delay_ms: int
+    retry_number: int
+    """1-based: this copy is retry number ``retry_number``."""
+    limit: int | None
+    routing_key: str
+    delay_queue: DelayQueue
+    headers: dict[str, Any]
+
+    @property
+    def expiration_ms(self) -> str:
+        """The AMQP ``expiration`` property: the delay as a string of ms."""
+        return str(self.delay_ms)
+
+
+def plan_retry(
+    backoff: Backoff,
+    headers: Mapping[str, Any] | None,
+    *,
+    target_queue: str,
+    exchange: str = DEFAULT_EXCHANGE,
+    grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+) -> RetryPlan:
+    """Plan the next retry of a message that raised ``backoff``.
+
+    Raises ``Backoff.Expired`` (chained from ``backoff``) when the limit is spent.
+    ``target_queue`` is the queue the copy must come back to.
+    """
+    if not target_queue:
+        msg = (
+            "a retry needs the name of the queue the message must come back to; "
+            f"got {target_queue!r}"
+        )
+        raise ValueError(msg)
+    retries = retries_done(headers, exchange)
+    delay = backoff.compute_next(retries)
+    return RetryPlan(
+        delay_ms=delay,
+        retry_number=retries + 1,
+        limit=backoff.effective_limit(),
+        routing_key=target_queue,
+        delay_queue=DelayQueue(delay_ms=delay, exchange=exchange, grace_ms=grace_ms),
+        headers=delayed_headers(headers, delay_ms=delay, retries=retries + 1),
+    )

@@ -1,0 +1,131 @@
+"""Names and arguments of the delay exchange and queues, and when to renew them.
+
+The default topology is the one nameko-amqp-retry 0.7.1 declares, so old and new
+services can share a broker: a durable headers exchange ``backoff`` and one queue per
+delay, ``backoff--{N}ms``, bound with ``{backoff: N, x-match: any}``, whose messages
+dead-letter back through the default exchange to the queue named by their routing key.
+
+Nothing here talks to a broker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ._protocol import DELAY_HEADER
+
+__all__ = [
+    "DEFAULT_EXCHANGE",
+    "EXPIRY_GRACE_PERIOD_MS",
+    "MAX_DELAY_MS",
+    "DelayQueue",
+    "LeaseBook",
+    "delay_queue",
+    "delay_queue_name",
+    "parking_queue_name",
+]
+
+DEFAULT_EXCHANGE: Final = "backoff"
+EXPIRY_GRACE_PERIOD_MS: Final = 5000
+"""Added to a delay queue's ``x-expires``: how long it outlives its delay."""
+
+MAX_DELAY_MS: Final = 2**32 - 1 - 3_600_000
+"""Longest delay: RabbitMQ's TTL limit (2**32 - 1 ms) less room for the grace period."""
+
+
+def delay_queue_name(delay_ms: int) -> str:
+    """``backoff--{delay_ms}ms``."""
+    return f"backoff--{delay_ms}ms"
+
+
+def parking_queue_name(queue: str) -> str:
+    """Where expired messages from ``queue`` wait for a person: ``{queue}.parked``."""
+    return f"{queue}.parked"
+
+
+@dataclass(frozen=True)
+class DelayQueue:
+    """Everything needed to declare and bind the queue for one delay."""
+
+    delay_ms: int
+    exchange: str = DEFAULT_EXCHANGE
+    grace_ms: int = EXPIRY_GRACE_PERIOD_MS
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.delay_ms, bool) or not isinstance(self.delay_ms, int):
+            msg = f"a delay queue needs a whole number of ms, got {self.delay_ms!r}"
+            raise TypeError(msg)
+        if not 0 <= self.delay_ms <= MAX_DELAY_MS:
+            msg = (
+                f"a delay must be between 0 and {MAX_DELAY_MS} ms, got {self.delay_ms}"
+            )
+            raise ValueError(msg)
+        object.__setattr__(self, "name", delay_queue_name(self.delay_ms))
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """Queue arguments: dead-letter to the default exchange, expire when idle."""
+        return {
+            "x-expires": self.delay_ms + self.grace_ms,
+            "x-dead-letter-exchange": "",
+        }
+
+    @property
+    def binding_arguments(self) -> dict[str, Any]:
+        """Binding to the headers exchange: copies whose ``backoff`` header matches."""
+        return {DELAY_HEADER: self.delay_ms, "x-match": "any"}
+
+
+def delay_queue(
+    delay_ms: int,
+    *,
+    exchange: str = DEFAULT_EXCHANGE,
+    grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+) -> DelayQueue:
+    """The delay queue for ``delay_ms``."""
+    return DelayQueue(delay_ms=delay_ms, exchange=exchange, grace_ms=grace_ms)
+
+
+class LeaseBook:
+    """Remembers when this process last declared each delay queue.
+
+    A delay queue is deleted by the broker ``delay + grace`` ms after it was last
+    declared (publishing does not count as use), and deleting a classic queue deletes
+    its messages. A copy published at ``t`` leaves the queue at ``t + delay``, so it
+    is safe as long as ``t - last_declare < grace``. We renew (declare again) once
+    half the grace period has passed since our own last declare, which leaves the
+    other half as margin for a busy broker. Declarations by other processes only
+    make the queue live longer, so ignoring them is safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._declared_at: dict[tuple[str, str], float] = {}
+
+    def needs_declare(self, queue: DelayQueue) -> bool:
+        """Whether ``queue`` must be declared before a copy is published to it."""
+        last = self._declared_at.get((queue.exchange, queue.name))
+        if last is None:
+            return True
+        elapsed_ms = (self._clock() - last) * 1000
+        return elapsed_ms >= queue.grace_ms / 2
+
+    def declared(self, queue: DelayQueue, at: float | None = None) -> None:
+        """Record that ``queue`` was declared (at ``at``, or now)."""
+        when = self._clock() if at is None else at
+        self._declared_at[(queue.exchange, queue.name)] = when
+
+    def forget(self, queue: DelayQueue | None = None) -> None:
+        """Forget one queue (or all), so the next publish declares again."""
+        if queue is None:
+            self._declared_at.clear()
+        else:
+            self._declared_at.pop((queue.exchange, queue.name), None)

@@ -1,0 +1,48 @@
+"""Which real broker the broker tests talk to.
+
+``AIO_BACKOFF_BROKER`` names it: ``rabbitmq3`` (default, the machine's 3.10 on 5672)
+or ``rabbitmq4`` (the 4.x broker of ``scripts/rabbitmq4.sh`` on 5673).
+``AIO_BACKOFF_AMQP_URL`` / ``AIO_BACKOFF_API_URL`` override the addresses.
+This module imports neither aio-pika nor nameko: both test processes use it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Broker:
+    name: str
+    amqp_url: str
+    api_url: str  # management HTTP API, with credentials
+
+    @property
+    def major(self) -> int:
+        return 4 if self.name == "rabbitmq4" else 3
+
+
+_KNOWN = {
+    "rabbitmq3": (
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "http://guest:guest@127.0.0.1:15672",
+    ),
+    "rabbitmq4": (
+        "amqp://guest:guest@127.0.0.1:5673/",
+        "http://guest:guest@127.0.0.1:15673",
+    ),
+}
+
+
+def current() -> Broker:
+    name = os.environ.get("AIO_BACKOFF_BROKER", "rabbitmq3")
+    if name not in _KNOWN:
+        msg = f"AIO_BACKOFF_BROKER must be one of {sorted(_KNOWN)}, got {name!r}"
+        raise ValueError(msg)
+    amqp, api = _KNOWN[name]
+    return Broker(
+        name=name,
+        amqp_url=os.environ.get("AIO_BACKOFF_AMQP_URL", amqp),
+        api_url=os.environ.get("AIO_BACKOFF_API_URL", api),
+    )
