@@ -29,7 +29,7 @@ run() {  # label, then the command
 
 asyncio_tests() {  # broker name
   AIO_BACKOFF_BROKER=$1 $bin/coverage run -m pytest -p no:pytest_eventlet \
-    -p no:pytest_nameko tests/core tests/aio "${@:2}"
+    -p no:pytest_nameko tests/core tests/aio tests/interop "${@:2}"
 }
 nameko_tests() {  # broker name, amqp port, api port
   AIO_BACKOFF_BROKER=$1 $bin/coverage run --concurrency=eventlet -m pytest \

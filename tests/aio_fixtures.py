@@ -1,0 +1,73 @@
+"""aio-pika fixtures for the asyncio test process (star-imported by its conftests).
+
+Every test gets its own connection and unique names; what a test declares through
+``declared`` is deleted afterwards, and the shared delay queues expire by themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from tests import brokers
+
+__all__ = ["channel", "connection", "declared", "unique_name"]
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """``unique_name("orders")`` -> ``"test.<test name>.orders.<random>"``."""
+    test = request.node.name.replace("[", ".").replace("]", "")[:60]
+
+    def make(label: str = "q") -> str:
+        return f"test.{test}.{label}.{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture
+async def connection() -> AsyncIterator[AbstractRobustConnection]:
+    conn = await aio_pika.connect_robust(brokers.current().amqp_url, timeout=10)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def channel(connection: AbstractRobustConnection) -> AbstractChannel:
+    return await connection.channel()
+
+
+class Declared:
+    """Remembers queues and exchanges a test made, and deletes them afterwards."""
+
+    def __init__(self) -> None:
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+
+    def queue(self, name: str) -> str:
+        self.queues.append(name)
+        return name
+
+    def exchange(self, name: str) -> str:
+        self.exchanges.append(name)
+        return name
+
+
+@pytest.fixture
+async def declared(
+    connection: AbstractRobustConnection,
+) -> AsyncIterator[Declared]:
+    names = Declared()
+    yield names
+    cleanup = await connection.channel()
+    for queue in names.queues:
+        await cleanup.queue_delete(queue)
+    for exchange in names.exchanges:
+        await cleanup.exchange_delete(exchange)
+    await cleanup.close()
