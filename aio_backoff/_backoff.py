@@ -104,7 +104,7 @@ class Backoff(Exception):
     def effective_limit(cls) -> int | None:
         """``limit`` checked, with 0 read as None (retry forever)."""
         limit = cls.limit
-        if limit is None or limit == 0:
+        if limit is None or (limit == 0 and not isinstance(limit, bool)):
             return None
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             msg = (
@@ -120,6 +120,15 @@ class Backoff(Exception):
         limit = self.effective_limit()
         if limit is None:
             return math.inf
+        schedule = type(self).schedule
+        plain = type(self).get_next_schedule_item.__func__ is (  # type: ignore[attr-defined]
+            Backoff.get_next_schedule_item.__func__  # type: ignore[attr-defined]
+        )
+        if plain and isinstance(schedule, list | tuple) and schedule:
+            # closed form for a plain sequence, so huge limits cost nothing
+            head = [abs(item) for item in schedule[:limit]]
+            repeats = max(0, limit - len(schedule))
+            return float(sum(head) + repeats * abs(schedule[-1]))
         return sum(abs(self.get_next_schedule_item(i)) for i in range(limit))
 
     @classmethod
@@ -155,7 +164,7 @@ class Backoff(Exception):
             raise self.expired(retries) from self
 
         if self.delay_ms is not None:
-            delay = int(self.delay_ms)
+            delay = int(min(self.delay_ms, MAX_DELAY_MS))
         else:
             scheduled = self.get_next_schedule_item(retries)
             if isinstance(scheduled, bool) or not isinstance(scheduled, int | float):

@@ -54,7 +54,7 @@ def plan_retry(
     Raises ``Backoff.Expired`` (chained from ``backoff``) when the limit is spent.
     ``target_queue`` is the queue the copy must come back to.
     """
-    if not target_queue:
+    if not isinstance(target_queue, str) or not target_queue:
         msg = (
             "a retry needs the name of the queue the message must come back to; "
             f"got {target_queue!r}"

@@ -92,12 +92,15 @@ def exponential(
 
     ``delay(i) = min(initial_ms * factor ** i, cap_ms)``
 
-    Safe for huge indexes: the power is never computed once it would pass the cap,
-    and without a cap an overflowing value saturates at ``float("inf")``... which is
-    why a cap is strongly advised.
+    Safe for huge indexes: a power that overflows saturates at ``float("inf")``
+    (and so at the cap when there is one); without a cap the value can be infinite,
+    which is why a cap is strongly advised.
     """
     _check_delay("exponential(initial_ms)", initial_ms)
-    if not isinstance(factor, int | float) or isinstance(factor, bool) or factor < 1:
+    if not isinstance(factor, int | float) or isinstance(factor, bool):
+        msg = f"exponential(factor) must be a number of 1 or more, got {factor!r}"
+        raise TypeError(msg)
+    if not factor >= 1:  # also rejects NaN
         msg = f"exponential(factor) must be a number of 1 or more, got {factor!r}"
         raise ValueError(msg)
     if cap_ms is not None:
@@ -131,7 +134,7 @@ def full_jitter(
     def jittered(index: int) -> float:
         upper = schedule(index)
         if math.isinf(upper):
-            return upper
+            return math.inf
         return rng(0.0, abs(upper))
 
     return jittered
@@ -152,8 +155,8 @@ def round_to_nearest(value: float, interval: float) -> int:
 
     ``round_to_nearest(value, interval) = int(interval * round(value / interval))``
     """
-    if not interval or math.isnan(interval):
-        msg = f"round_to_nearest() needs a non-zero interval, got {interval!r}"
+    if not interval or not math.isfinite(interval):
+        msg = f"round_to_nearest() needs a non-zero finite interval, got {interval!r}"
         raise ValueError(msg)
     return int(interval * round(float(value) / interval))
 
@@ -173,12 +176,17 @@ def gauss_jitter(
     delay queues on the broker) small. With ``sigma_ms == 0`` the delay is only made a
     non-negative int.
     """
-    if sigma_ms < 0:
-        msg = f"random_sigma must be 0 or more milliseconds, got {sigma_ms!r}"
+    _check_delay("random_sigma", sigma_ms)
+    if math.isinf(sigma_ms):
+        msg = f"random_sigma must be a finite number of milliseconds, got {sigma_ms!r}"
         raise ValueError(msg)
     if not sigma_ms:
         return abs(int(delay_ms))
-    if isinstance(groups_per_sigma, bool) or groups_per_sigma <= 0:
+    if (
+        isinstance(groups_per_sigma, bool)
+        or not isinstance(groups_per_sigma, int | float)
+        or not groups_per_sigma > 0  # also rejects NaN
+    ):
         msg = (
             f"random_groups_per_sigma must be 1 or more, got {groups_per_sigma!r}; "
             "set random_sigma = 0 to turn jitter off instead"

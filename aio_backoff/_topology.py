@@ -32,7 +32,10 @@ DEFAULT_EXCHANGE: Final = "backoff"
 EXPIRY_GRACE_PERIOD_MS: Final = 5000
 """Added to a delay queue's ``x-expires``: how long it outlives its delay."""
 
-MAX_DELAY_MS: Final = 2**32 - 1 - 3_600_000
+_MAX_EXPIRES_MS: Final = 2**32 - 1
+"""RabbitMQ's largest ``x-expires`` and per-message TTL."""
+
+MAX_DELAY_MS: Final = _MAX_EXPIRES_MS - 3_600_000
 """Longest delay: RabbitMQ's TTL limit (2**32 - 1 ms) less room for the grace period."""
 
 
@@ -62,6 +65,23 @@ class DelayQueue:
         if not 0 <= self.delay_ms <= MAX_DELAY_MS:
             msg = (
                 f"a delay must be between 0 and {MAX_DELAY_MS} ms, got {self.delay_ms}"
+            )
+            raise ValueError(msg)
+        if (
+            isinstance(self.grace_ms, bool)
+            or not isinstance(self.grace_ms, int)
+            or self.grace_ms <= 0
+        ):
+            msg = (
+                "a delay queue's grace period must be a whole number of ms above 0 "
+                f"(it outlives its delay by that much), got {self.grace_ms!r}"
+            )
+            raise ValueError(msg)
+        if self.delay_ms + self.grace_ms > _MAX_EXPIRES_MS:
+            msg = (
+                f"x-expires = delay + grace = {self.delay_ms} + {self.grace_ms} ms "
+                f"passes RabbitMQ's limit of {_MAX_EXPIRES_MS} ms; use a shorter "
+                "delay or grace period"
             )
             raise ValueError(msg)
         object.__setattr__(self, "name", delay_queue_name(self.delay_ms))

@@ -1,0 +1,577 @@
+"""``Backoff``: schedule, jitter, limit, per-raise override and the Expired error."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+from unittest.mock import patch
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aio_backoff import (
+    MAX_DELAY_MS,
+    Backoff,
+    as_backoff,
+    backoff_class,
+    exponential,
+    fixed,
+)
+from tests.core.strategies import (
+    PROPERTY,
+    any_delays_ms,
+    indexes,
+    small_indexes,
+    whole_delays_ms,
+)
+
+pytestmark = pytest.mark.core
+
+DEFAULT_SCHEDULE = (1000, 2000, 3000, 5000, 8000, 13000, 21000, 34000, 55000)
+
+
+def no_jitter(**settings: Any) -> type[Backoff]:
+    return backoff_class(random_sigma=0, **settings)
+
+
+def drawing(offset: float, **settings: Any) -> type[Backoff]:
+    """A Backoff whose jitter draw is ``mu + offset * sigma``, deterministic."""
+
+    def _gauss(cls: type[Backoff], mu: float, sigma: float) -> float:
+        return mu + offset * sigma
+
+    base = backoff_class(**settings)
+    return type("Drawing", (base,), {"_gauss": classmethod(_gauss)})
+
+
+@dataclass
+class Message:
+    headers: Mapping[str, Any] | None
+
+
+# -- defaults ------------------------------------------------------------------
+
+
+def test_defaults_are_nameko_amqp_retrys() -> None:
+    assert Backoff.schedule == DEFAULT_SCHEDULE
+    assert Backoff.limit == 20
+    assert Backoff.random_sigma == 100
+    assert Backoff.random_groups_per_sigma == 5
+    assert Backoff.effective_limit() == 20
+
+
+def test_default_schedule_items_then_the_last_repeats() -> None:
+    items = [Backoff.get_next_schedule_item(i) for i in range(12)]
+    assert items == [*DEFAULT_SCHEDULE, 55000, 55000, 55000]
+    assert Backoff.get_next_schedule_item(10**18) == 55000
+
+
+def test_default_max_delay_sums_twenty_retries() -> None:
+    assert Backoff().max_delay == sum(DEFAULT_SCHEDULE) + 11 * 55000 == 747_000
+
+
+def test_default_jitter_stays_on_the_20ms_grid_near_the_schedule() -> None:
+    backoff = Backoff()
+    for index in range(12):
+        delay = backoff.compute_next(index)
+        scheduled = Backoff.get_next_schedule_item(index)
+        assert delay % 20 == 0
+        assert abs(delay - scheduled) <= 1000  # ten sigma
+
+
+# -- the maths as properties ---------------------------------------------------
+
+
+@PROPERTY
+@given(items=st.lists(whole_delays_ms, min_size=1, max_size=10), index=small_indexes)
+def test_without_jitter_the_delay_is_the_item_made_positive(
+    items: list[int], index: int
+) -> None:
+    backoff = no_jitter(schedule=tuple(items), limit=0)()
+    expected = min(abs(items[min(index, len(items) - 1)]), MAX_DELAY_MS)
+    assert backoff.compute_next(index) == expected
+
+
+@PROPERTY
+@given(
+    items=st.lists(any_delays_ms, min_size=1, max_size=10),
+    sigma=st.sampled_from([0, 1, 100, 10_000]),
+    offset=st.floats(min_value=-20, max_value=20),
+    index=indexes,
+)
+def test_delays_are_never_negative_nor_past_max_delay(
+    items: list[float], sigma: int, offset: float, index: int
+) -> None:
+    cls = drawing(offset, schedule=tuple(items), limit=0, random_sigma=sigma)
+    delay = cls().compute_next(index)
+    assert isinstance(delay, int)
+    assert 0 <= delay <= MAX_DELAY_MS
+
+
+@PROPERTY
+@given(
+    scheduled=st.integers(min_value=-(10**9), max_value=10**9),
+    step=st.integers(min_value=1, max_value=200),
+    groups=st.integers(min_value=1, max_value=10),
+    offset=st.floats(min_value=-10, max_value=10),
+)
+def test_jittered_delays_fall_on_the_sigma_groups_grid(
+    scheduled: int, step: int, groups: int, offset: float
+) -> None:
+    cls = drawing(
+        offset,
+        schedule=(scheduled,),
+        random_sigma=step * groups,
+        random_groups_per_sigma=groups,
+    )
+    delay = cls().compute_next(0)
+    assert delay >= 0
+    assert delay % step == 0
+    assert abs(delay - abs(scheduled + offset * step * groups)) <= step / 2 + 1
+
+
+@PROPERTY
+@given(limit=st.integers(min_value=1, max_value=60), retries=small_indexes)
+def test_expired_exactly_when_retries_reach_the_limit(limit: int, retries: int) -> None:
+    backoff = no_jitter(schedule=(10,), limit=limit)()
+    if retries >= limit:
+        with pytest.raises(Backoff.Expired):
+            backoff.compute_next(retries)
+    else:
+        assert backoff.compute_next(retries) == 10
+
+
+@PROPERTY
+@given(limit=st.sampled_from([None, 0]), retries=indexes)
+def test_no_limit_never_expires(limit: int | None, retries: int) -> None:
+    cls = cast(
+        "type[Backoff]",
+        type("Forever", (no_jitter(schedule=(10, 20)),), {"limit": limit}),
+    )
+    assert cls.effective_limit() is None
+    assert cls().compute_next(retries) in (10, 20)
+    assert cls().max_delay == math.inf
+
+
+@pytest.mark.parametrize("index", [10**6, 10**18, 10**300])
+@pytest.mark.parametrize("sigma", [0, 100])
+def test_callable_schedules_do_not_overflow_at_huge_indexes(
+    index: int, sigma: int
+) -> None:
+    uncapped = backoff_class(schedule=exponential(100), limit=0, random_sigma=sigma)
+    capped = backoff_class(
+        schedule=exponential(100, cap_ms=60_000), limit=0, random_sigma=sigma
+    )
+    assert 0 <= uncapped().compute_next(index) <= MAX_DELAY_MS
+    assert abs(capped().compute_next(index) - 60_000) <= 100 * 10
+    if not sigma:
+        assert uncapped().compute_next(index) == MAX_DELAY_MS
+        assert capped().compute_next(index) == 60_000
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, 1e300, -1e300, 2**64])
+def test_huge_scheduled_delays_are_capped_at_max_delay(value: float) -> None:
+    class Huge(Backoff):
+        random_sigma = 0
+
+        @classmethod
+        def get_next_schedule_item(cls, index: int) -> float:
+            return value
+
+    assert Huge().compute_next(3) == MAX_DELAY_MS
+    assert drawing(5, schedule=(value,))().compute_next(0) <= MAX_DELAY_MS
+
+
+def test_negative_schedule_items_are_made_positive() -> None:
+    assert no_jitter(schedule=(-1000, -2000))().compute_next(5) == 2000
+    jittered = drawing(0.3, schedule=(-1000,))().compute_next(0)
+    # gauss(-1000, 100) drew -970 -> nearest 20 ms -> -960 -> made positive
+    assert jittered == 960
+
+
+def test_negative_items_count_positively_in_max_delay() -> None:
+    assert backoff_class(schedule=(-1000, 2000), limit=3)().max_delay == 5000
+
+
+# -- dynamic schedules ---------------------------------------------------------
+
+
+def test_get_next_schedule_item_can_be_overridden() -> None:
+    class Squares(Backoff):
+        random_sigma = 0
+        limit = 5
+
+        @classmethod
+        def get_next_schedule_item(cls, index: int) -> float:
+            return (index + 1) ** 2 * 10
+
+    backoff = Squares()
+    assert [backoff.compute_next(i) for i in range(5)] == [10, 40, 90, 160, 250]
+    assert backoff.max_delay == 550
+
+
+def test_a_schedule_helper_as_the_schedule_attribute() -> None:
+    class Exponential(Backoff):
+        schedule = exponential(100, cap_ms=1000)
+        random_sigma = 0
+
+    backoff = Exponential()
+    assert [backoff.compute_next(i) for i in range(6)] == [
+        100,
+        200,
+        400,
+        800,
+        1000,
+        1000,
+    ]
+
+
+def test_a_schedule_helper_as_get_next_schedule_item() -> None:
+    class Fixed(Backoff):
+        get_next_schedule_item = staticmethod(fixed(250))  # type: ignore[assignment]
+        random_sigma = 0
+
+    assert Fixed().compute_next(7) == 250
+
+
+def test_fractional_scheduled_delays_become_whole_ms() -> None:
+    assert no_jitter(schedule=(1500.9,))().compute_next(0) == 1500
+
+
+# -- str, retry_number, next_delay_ms -------------------------------------------
+
+
+def test_str_before_and_after_computing() -> None:
+    backoff = no_jitter(schedule=(1000, 2000))("some detail")
+    assert str(backoff) == "Backoff(uninitialised)"
+    assert backoff.retry_number is None
+    assert backoff.next_delay_ms is None
+
+    assert backoff.compute_next(1) == 2000
+    assert str(backoff) == "Backoff(retry #2 in 2000ms)"
+    assert backoff.retry_number == 2
+    assert backoff.next_delay_ms == 2000
+    assert backoff.args == ("some detail",)
+
+
+def test_expired_does_not_initialise_the_backoff() -> None:
+    backoff = no_jitter(limit=1)()
+    with pytest.raises(Backoff.Expired):
+        backoff.compute_next(1)
+    assert str(backoff) == "Backoff(uninitialised)"
+
+
+# -- Expired -------------------------------------------------------------------
+
+
+def test_expired_message_and_attributes() -> None:
+    backoff = no_jitter(schedule=(1000, 2000, 3000), limit=3)()
+    with pytest.raises(Backoff.Expired) as caught:
+        backoff.compute_next(3)
+    error = caught.value
+    assert str(error) == "Backoff aborted after '3' retries (~6 seconds)"
+    assert error.retries == 3
+    assert error.limit == 3
+    assert error.max_delay_ms == 6000
+    assert error.__cause__ is backoff
+    assert not isinstance(error, Backoff)
+
+
+def test_expired_counts_the_limit_when_more_retries_were_made() -> None:
+    backoff = no_jitter(schedule=(500,), limit=4)()
+    with pytest.raises(Backoff.Expired) as caught:
+        backoff.compute_next(9)
+    assert str(caught.value) == "Backoff aborted after '4' retries (~2 seconds)"
+    assert caught.value.retries == 9
+    assert caught.value.limit == 4
+
+
+def test_expired_built_directly_without_a_limit() -> None:
+    error = no_jitter(limit=0)().expired(7)
+    assert str(error) == "Backoff aborted after '7' retries (~inf seconds)"
+    assert (error.retries, error.limit, error.max_delay_ms) == (7, 7, math.inf)
+
+
+def test_expired_defaults_before_it_is_filled_in() -> None:
+    error = Backoff.Expired("x")
+    assert (error.retries, error.limit, error.max_delay_ms) == (0, 0, 0.0)
+
+
+def test_subclasses_share_one_expired_class() -> None:
+    cls = backoff_class(limit=1)
+    with pytest.raises(Backoff.Expired):
+        cls().compute_next(1)
+    assert cls.Expired is Backoff.Expired
+
+
+def test_expired_is_chained_from_the_backoff_and_its_cause() -> None:
+    original = ConnectionError("upstream down")
+    backoff = as_backoff(original, (ConnectionError,), no_jitter(limit=2))
+    assert backoff is not None
+    with pytest.raises(Backoff.Expired) as caught:
+        backoff.next(Message({"backoff-retries": 2}))
+    assert caught.value.__cause__ is backoff
+    assert backoff.__cause__ is original
+
+
+def test_expired_chain_when_raised_from_a_handler() -> None:
+    def handler() -> None:
+        try:
+            raise KeyError("not yet")
+        except KeyError as error:
+            raise backoff_class(limit=1)() from error
+
+    with pytest.raises(Backoff) as raised:
+        handler()
+    backoff = raised.value
+    with pytest.raises(Backoff.Expired) as caught:
+        backoff.compute_next(1)
+    assert caught.value.__cause__ is backoff
+    assert isinstance(backoff.__cause__, KeyError)
+
+
+# -- per-raise delay_ms ----------------------------------------------------------
+
+
+def test_delay_ms_replaces_the_schedule_without_jitter() -> None:
+    class NoDraw(Backoff):
+        @classmethod
+        def _gauss(cls, mu: float, sigma: float) -> float:
+            raise AssertionError("a per-raise delay gets no jitter")
+
+    backoff = NoDraw(delay_ms=1234)
+    assert backoff.delay_ms == 1234
+    assert backoff.compute_next(4) == 1234
+    assert str(backoff) == "Backoff(retry #5 in 1234ms)"
+
+
+@pytest.mark.parametrize(
+    ("delay", "expected"),
+    [
+        (0, 0),
+        (1500.9, 1500),
+        (MAX_DELAY_MS + 1, MAX_DELAY_MS),
+        (math.inf, MAX_DELAY_MS),
+    ],
+)
+def test_delay_ms_is_whole_ms_within_max_delay(delay: float, expected: int) -> None:
+    assert Backoff(delay_ms=delay).compute_next(0) == expected
+
+
+@PROPERTY
+@given(delay=st.floats(min_value=0), retries=st.integers(0, 19))
+def test_delay_ms_is_always_a_valid_delay(delay: float, retries: int) -> None:
+    result = Backoff(delay_ms=delay).compute_next(retries)
+    assert result == min(int(min(delay, MAX_DELAY_MS)), MAX_DELAY_MS)
+
+
+def test_delay_ms_still_honours_the_limit() -> None:
+    with pytest.raises(Backoff.Expired):
+        backoff_class(limit=2)(delay_ms=10).compute_next(2)
+
+
+@pytest.mark.parametrize(
+    ("delay", "error", "text"),
+    [
+        ("10", TypeError, "Backoff(delay_ms=...) must be a number of ms, got '10'"),
+        (True, TypeError, "got True"),
+        (-1, ValueError, "Backoff(delay_ms=...) must be 0 or more ms, got -1"),
+        (math.nan, ValueError, "must be 0 or more ms, got nan"),
+    ],
+)
+def test_delay_ms_is_validated(delay: Any, error: type[Exception], text: str) -> None:
+    with pytest.raises(error) as caught:
+        Backoff(delay_ms=delay)
+    assert text in str(caught.value)
+
+
+# -- next(message) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "retries"),
+    [
+        (None, 0),
+        ({}, 0),
+        ({"backoff-retries": 2}, 2),
+        ({"x-death": [{"exchange": "backoff", "count": 3}]}, 3),
+    ],
+)
+def test_next_counts_retries_from_the_headers(
+    headers: Mapping[str, Any] | None, retries: int
+) -> None:
+    backoff = no_jitter(schedule=(100, 200, 300, 400))()
+    assert backoff.next(Message(headers)) == (retries + 1) * 100
+    assert backoff.retry_number == retries + 1
+
+
+def test_next_reads_legacy_counts_for_its_own_exchange() -> None:
+    backoff = no_jitter(schedule=(100, 200, 300))()
+    headers = {"x-death": [{"exchange": "retries", "count": 2}]}
+    assert backoff.next(Message(headers), "retries") == 300
+    assert backoff.next(Message(headers)) == 100
+
+
+# -- backoff_class and patching ----------------------------------------------------
+
+
+def test_backoff_class_sets_what_it_is_given() -> None:
+    cls = backoff_class(
+        schedule=(5, 6),
+        limit=7,
+        random_sigma=8,
+        random_groups_per_sigma=2,
+        name="OrdersBackoff",
+    )
+    assert issubclass(cls, Backoff)
+    assert cls.__name__ == "OrdersBackoff"
+    assert cls.__module__ == Backoff.__module__
+    assert (cls.schedule, cls.limit, cls.random_sigma) == ((5, 6), 7, 8)
+    assert cls.random_groups_per_sigma == 2
+
+
+def test_backoff_class_keeps_the_base_settings_it_is_not_given() -> None:
+    base = backoff_class(schedule=(50,), limit=3, random_sigma=0, name="Base")
+    cls = backoff_class(limit=9, base=base)
+    assert issubclass(cls, base)
+    assert (cls.schedule, cls.limit, cls.random_sigma) == ((50,), 9, 0)
+    assert cls().compute_next(8) == 50
+
+
+def test_backoff_class_captures_defaults_at_creation() -> None:
+    with patch.object(Backoff, "limit", 3), patch.object(Backoff, "schedule", (70,)):
+        captured = backoff_class(random_sigma=0)
+    assert captured.limit == 3
+    assert captured.schedule == (70,)
+    assert Backoff.limit == 20
+    with pytest.raises(Backoff.Expired):
+        captured().compute_next(3)
+
+
+def test_backoff_class_accepts_a_callable_schedule() -> None:
+    cls = backoff_class(schedule=exponential(10), random_sigma=0)
+    assert cls().compute_next(3) == 80
+    again = backoff_class(base=cls, limit=4)
+    assert again().compute_next(2) == 40
+
+
+def test_patching_class_attributes_changes_behaviour() -> None:
+    backoff = Backoff()
+    with (
+        patch.object(Backoff, "limit", 2),
+        patch.object(Backoff, "schedule", (30, 40)),
+        patch.object(Backoff, "random_sigma", 0),
+    ):
+        assert backoff.compute_next(1) == 40
+        with pytest.raises(Backoff.Expired, match="after '2' retries"):
+            backoff.compute_next(2)
+    assert backoff.compute_next(2) % 20 == 0  # defaults again: 3000 ms, jittered
+
+
+def test_patching_limit_to_none_retries_forever() -> None:
+    with patch.object(Backoff, "limit", None), patch.object(Backoff, "random_sigma", 0):
+        assert Backoff().compute_next(10**9) == 55000
+
+
+# -- bad settings ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "text"),
+    [
+        ({"schedule": ()}, ValueError, "at least one delay, got an empty sequence"),
+        ({"schedule": "1000"}, TypeError, "Bad.schedule must be a sequence of ms"),
+        ({"schedule": b"\x01"}, TypeError, "or a callable (index) -> ms"),
+        ({"schedule": 1000}, TypeError, "Bad.schedule must be a sequence"),
+        ({"schedule": (100, "x")}, TypeError, "schedule item 1 must be a number"),
+        ({"schedule": (True,)}, TypeError, "schedule item 0"),
+        ({"limit": -1}, ValueError, "Bad.limit must be a whole number of retries"),
+        ({"limit": True}, ValueError, "or None/0 to retry forever, got True"),
+        ({"limit": False}, ValueError, "got False"),
+        ({"limit": 2.5}, ValueError, "got 2.5"),
+        ({"limit": "3"}, ValueError, "got '3'"),
+        ({"random_groups_per_sigma": 0}, ValueError, "must be 1 or more, got 0"),
+        ({"random_groups_per_sigma": True}, ValueError, "got True"),
+        ({"random_sigma": -5}, ValueError, "random_sigma must be 0 or more"),
+        ({"random_sigma": math.nan}, ValueError, "random_sigma must be 0 or more"),
+        ({"random_sigma": True}, TypeError, "random_sigma must be a number"),
+    ],
+)
+def test_bad_settings_give_clear_errors(
+    settings: dict[str, Any], error: type[Exception], text: str
+) -> None:
+    cls = type("Bad", (Backoff,), settings)
+    with pytest.raises(error) as caught:
+        cls().compute_next(1)
+    assert text in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("returned", "error", "text"),
+    [
+        ("100", TypeError, "Bad.get_next_schedule_item(2) must return a number"),
+        (True, TypeError, "of ms, got True"),
+        (None, TypeError, "got None"),
+        (math.nan, ValueError, "Bad.get_next_schedule_item(2) returned NaN"),
+    ],
+)
+def test_bad_schedule_results_give_clear_errors(
+    returned: Any, error: type[Exception], text: str
+) -> None:
+    cls = type("Bad", (Backoff,), {"schedule": staticmethod(lambda _: returned)})
+    with pytest.raises(error) as caught:
+        cls().compute_next(2)
+    assert text in str(caught.value)
+
+
+def test_negative_retries_are_rejected() -> None:
+    with pytest.raises(ValueError, match="retries must be 0 or more, got -1"):
+        Backoff().compute_next(-1)
+
+
+# -- as_backoff --------------------------------------------------------------------
+
+
+def test_as_backoff_passes_a_backoff_through() -> None:
+    raised = Backoff(delay_ms=5)
+    assert as_backoff(raised, (ValueError,), backoff_class(limit=1)) is raised
+    assert as_backoff(raised, (), Backoff) is raised
+
+
+def test_as_backoff_converts_listed_errors_chained() -> None:
+    cls = backoff_class(limit=4)
+    original = TimeoutError("slow")
+    converted = as_backoff(original, (ConnectionError, OSError), cls)
+    assert converted is not None
+    assert type(converted) is cls
+    assert converted.__cause__ is original
+
+
+@pytest.mark.parametrize("retry_for", [(), (KeyError,)])
+def test_as_backoff_leaves_other_errors_alone(
+    retry_for: tuple[type[BaseException], ...],
+) -> None:
+    assert as_backoff(ValueError("bad"), retry_for, Backoff) is None
+
+
+def test_max_delay_of_a_huge_limit_is_computed_in_closed_form() -> None:
+    class Forever(Backoff):
+        schedule = (1000, -2000, 3000)
+        limit = 10**12
+
+    # 1000 + 2000 + (10**12 - 2) * 3000, without looping 10**12 times
+    assert Forever().max_delay == 3000 + (10**12 - 2) * 3000
+
+
+def test_max_delay_with_an_overridden_schedule_item_uses_the_override() -> None:
+    class Dynamic(Backoff):
+        limit = 4
+
+        @classmethod
+        def get_next_schedule_item(cls, index: int) -> float:
+            return 10 * (index + 1)
+
+    assert Dynamic().max_delay == 10 + 20 + 30 + 40
