@@ -6,6 +6,15 @@ back later on the retry schedule, and once the limit is spent the handler sees
 """
 
 from ._backoff import Backoff, as_backoff, backoff_class
+from ._consumer import Handler, Retrier, RetryPolicy
+from ._expiry import (
+    ExpiredMessage,
+    ExpiryAction,
+    dead_letter,
+    dead_letter_or_park,
+    drop,
+    park,
+)
 from ._plan import RetryPlan, plan_retry
 from ._protocol import (
     DELAY_HEADER,
@@ -14,6 +23,7 @@ from ._protocol import (
     legacy_retries,
     retries_done,
 )
+from ._republish import CopyNotPlaced, DelayedPublisher
 from ._schedule import (
     Schedule,
     capped,
@@ -43,20 +53,31 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RETRIES_HEADER",
     "Backoff",
+    "CopyNotPlaced",
     "DelayQueue",
+    "DelayedPublisher",
+    "ExpiredMessage",
+    "ExpiryAction",
+    "Handler",
     "LeaseBook",
+    "Retrier",
     "RetryPlan",
+    "RetryPolicy",
     "Schedule",
     "as_backoff",
     "backoff_class",
     "capped",
+    "dead_letter",
+    "dead_letter_or_park",
     "delay_queue",
     "delay_queue_name",
+    "drop",
     "exponential",
     "fixed",
     "full_jitter",
     "gauss_jitter",
     "legacy_retries",
+    "park",
     "parking_queue_name",
     "plan_retry",
     "retries_done",

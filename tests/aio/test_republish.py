@@ -1,0 +1,498 @@
+"""DelayedPublisher on a real broker: copies, leases, returns, nacks, declare errors.
+
+Tests that delete a delay queue use delays no other test uses, so that they cannot
+delete a copy in flight for another test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import logging
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from aio_backoff import (
+    DELAY_HEADER,
+    PROTOCOL_VERSION,
+    RETRIES_HEADER,
+    Backoff,
+    CopyNotPlaced,
+    DelayedPublisher,
+    LeaseBook,
+    delay_queue,
+)
+from aio_backoff._protocol import PROTOCOL_HEADER
+from tests.aio.retrying import fast_backoff, get_one, publish
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def publisher(channel: AbstractChannel) -> Any:
+    made = DelayedPublisher(channel)
+    yield made
+    await made.close()
+
+
+def retried_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "aio_backoff.republish" and r.levelno == logging.WARNING
+    ]
+
+
+async def test_copy_keeps_body_and_properties_bit_for_bit(
+    channel: AbstractChannel, target: AbstractQueue, publisher: DelayedPublisher
+) -> None:
+    body = bytes(range(256)) * 3
+    headers = {
+        "text": "ünïcode",
+        "number": 2**40,
+        "small": 7,
+        "negative": -3,
+        "flag": True,
+        "ratio": 0.25,
+        "nested": {"list": [1, "two", {"three": 3}]},
+        "empty": None,
+    }
+    stamp = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    await publish(
+        channel,
+        target.name,
+        body,
+        headers=headers,
+        content_type="application/x-custom",
+        content_encoding="gzip",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=7,
+        correlation_id="corr-1",
+        reply_to="some.reply.queue",
+        message_id="msg-1",
+        timestamp=stamp,
+        type="order.created",
+        app_id="tests",
+        user_id="guest",
+        expiration=60,
+    )
+    original = await get_one(target)
+    plan = await publisher.retry(
+        original, fast_backoff(schedule=(10,))(), target_queue=target.name
+    )
+    await original.ack()
+    copy = await get_one(target)
+    await copy.ack()
+
+    assert copy.body == original.body == body
+    for name in (
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "message_id",
+        "timestamp",
+        "type",
+        "app_id",
+    ):
+        assert getattr(copy, name) == getattr(original, name), name
+    assert copy.timestamp == stamp
+    assert copy.priority == 7
+    assert copy.user_id is None  # dropped: the broker checks it per connection
+    assert copy.expiration is None  # the old 60 s expiration did not travel
+    sent = {key: copy.headers[key] for key in headers}
+    assert sent == original.headers == headers
+    assert copy.headers[DELAY_HEADER] == plan.delay_ms == 10
+    assert copy.headers[RETRIES_HEADER] == 1
+    assert copy.headers[PROTOCOL_HEADER] == PROTOCOL_VERSION
+    assert copy.routing_key == target.name
+
+
+async def test_extra_headers_and_copy_without_message_id(
+    channel: AbstractChannel, target: AbstractQueue, publisher: DelayedPublisher
+) -> None:
+    await channel.default_exchange.publish(
+        aio_pika.Message(b"x"), routing_key=target.name
+    )
+    original = await get_one(target)
+    await publisher.retry(
+        original,
+        fast_backoff(schedule=(10,))(),
+        target_queue=target.name,
+        extra_headers={"reason": "busy"},
+    )
+    await original.ack()
+    copy = await get_one(target)
+    await copy.ack()
+    assert copy.headers["reason"] == "busy"
+    assert copy.message_id  # aiormq needs one to match a returned copy
+
+
+def publish_over_http(api_url: str, queue: str, body: str) -> None:
+    """Publish with no properties at all (aio-pika would add a message_id)."""
+    parts = urllib.parse.urlsplit(api_url)
+    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"{parts.scheme}://{parts.hostname}:{parts.port}"
+        "/api/exchanges/%2F/amq.default/publish",
+        data=json.dumps(
+            {
+                "properties": {},
+                "routing_key": queue,
+                "payload": body,
+                "payload_encoding": "string",
+            }
+        ).encode(),
+        headers={"Authorization": f"Basic {token}", "content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert json.load(response) == {"routed": True}
+
+
+async def test_copy_of_a_message_without_message_id(
+    target: AbstractQueue, publisher: DelayedPublisher, broker: Any
+) -> None:
+    await asyncio.to_thread(publish_over_http, broker.api_url, target.name, "bare")
+    original = await get_one(target)
+    assert original.message_id is None
+
+    await publisher.retry(
+        original, fast_backoff(schedule=(10,))(), target_queue=target.name
+    )
+    await original.ack()
+    copy = await get_one(target)
+    await copy.ack()
+    assert copy.body == b"bare"
+    assert copy.message_id  # aiormq needs one to match a returned copy
+    assert copy.headers[RETRIES_HEADER] == 1
+
+
+async def test_deleted_delay_queue_is_declared_again_when_the_copy_returns(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=clock))
+    queue = delay_queue(23)
+    policy = fast_backoff(schedule=(23,))
+    await publish(channel, target.name, b"one")
+    await publisher.retry(await get_one(target), policy(), target_queue=target.name)
+    first = await get_one(target)
+    await channel.queue_delete(queue.name)  # as if it had expired
+
+    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
+        await publisher.retry(first, policy(), target_queue=target.name)  # lease fresh
+    second = await get_one(target)
+    await second.ack()
+    await publisher.close()
+
+    assert second.headers[RETRIES_HEADER] == 2
+    [warning] = retried_warnings(caplog)
+    assert "312 NO_ROUTE" in warning
+    assert queue.name in warning
+
+
+async def test_expired_delay_queue_is_declared_again_when_the_copy_returns(
+    channel: AbstractChannel, target: AbstractQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()  # never moves: the publisher believes its lease is fresh
+    publisher = DelayedPublisher(
+        channel, grace_ms=150, lease_book=LeaseBook(clock=clock)
+    )
+    policy = fast_backoff(schedule=(31,))
+    await publish(channel, target.name)
+    await publisher.retry(await get_one(target), policy(), target_queue=target.name)
+    first = await get_one(target)
+    await asyncio.sleep(0.5)  # x-expires = 31 + 150 ms: the broker deletes it
+
+    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
+        await publisher.retry(first, policy(), target_queue=target.name)
+    second = await get_one(target)
+    await second.ack()
+    await publisher.close()
+
+    assert second.headers[RETRIES_HEADER] == 2
+    assert len(retried_warnings(caplog)) == 1
+
+
+async def test_lease_older_than_half_the_grace_is_renewed_before_publishing(
+    channel: AbstractChannel, target: AbstractQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=clock))
+    queue = delay_queue(29)
+    policy = fast_backoff(schedule=(29,))
+    await publish(channel, target.name)
+    await publisher.retry(await get_one(target), policy(), target_queue=target.name)
+    first = await get_one(target)
+    await channel.queue_delete(queue.name)
+    clock.now += 2.5  # half of the 5000 ms grace period
+
+    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
+        await publisher.retry(first, policy(), target_queue=target.name)
+    second = await get_one(target)
+    await second.ack()
+    await publisher.close()
+
+    assert second.headers[RETRIES_HEADER] == 2
+    assert retried_warnings(caplog) == []  # declared before publishing: no return
+
+
+async def test_copies_sharing_a_message_id_are_all_placed(
+    channel: AbstractChannel, target: AbstractQueue
+) -> None:
+    clock = Clock()
+    publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=clock))
+    queue = delay_queue(37)
+    policy = fast_backoff(schedule=(37,))
+    for body in (b"a", b"b", b"c"):
+        await publish(channel, target.name, body, message_id="same")
+    originals = [await get_one(target) for _ in range(3)]
+    await publisher.retry(originals[0], policy(), target_queue=target.name)
+    await channel.queue_delete(queue.name)  # the next copies come back once
+
+    await asyncio.gather(
+        *(
+            publisher.retry(message, policy(), target_queue=target.name)
+            for message in originals
+        )
+    )
+    for message in originals:
+        await message.ack()
+    copies = sorted([(await get_one(target)).body for _ in range(3)])
+    await publisher.close()
+    assert copies == [b"a", b"b", b"c"]
+
+
+async def test_concurrent_first_copies_share_one_publishing_channel(
+    channel: AbstractChannel, target: AbstractQueue, publisher: DelayedPublisher
+) -> None:
+    for body in (b"a", b"b", b"c"):
+        await publish(channel, target.name, body)
+    originals = [await get_one(target) for _ in range(3)]
+
+    await asyncio.gather(
+        *(
+            publisher.retry(
+                message, fast_backoff(schedule=(10,))(), target_queue=target.name
+            )
+            for message in originals
+        )
+    )
+    for message in originals:
+        await message.ack()
+
+    copies = sorted([(await get_one(target)).body for _ in range(3)])
+    assert copies == [b"a", b"b", b"c"]
+    underlay = await channel.get_underlay_channel()
+    assert len(underlay.connection.channels) == 2  # the test's and the publisher's
+
+
+async def test_returned_again_after_a_fresh_declare_is_not_placed(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    declared: Any,
+    unique_name: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exchange = declared.exchange(unique_name("exchange"))
+    await channel.declare_exchange(exchange, "headers", durable=True)
+    publisher = DelayedPublisher(channel, exchange=exchange)
+
+    async def no_declare(*_: Any) -> None:
+        return None  # the delay queue is never there: every copy comes back
+
+    monkeypatch.setattr(publisher, "_declare", no_declare)
+    await publish(channel, target.name)
+    original = await get_one(target)
+
+    with pytest.raises(CopyNotPlaced, match="also after a fresh declare") as caught:
+        await publisher.retry(
+            original, fast_backoff(schedule=(10,))(), target_queue=target.name
+        )
+    await publisher.close()
+    assert "312 NO_ROUTE" in str(caught.value)
+    assert target.name in str(caught.value)
+    assert not original.processed
+
+
+async def test_missing_exchange_is_declared_again(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    declared: Any,
+    unique_name: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exchange = declared.exchange(unique_name("exchange"))
+    publisher = DelayedPublisher(channel, exchange=exchange)
+    await publish(channel, target.name)
+    original = await get_one(target)
+    await publisher.retry(
+        original, fast_backoff(schedule=(10,))(), target_queue=target.name
+    )
+    await original.ack()
+    copy = await get_one(target)
+    await channel.exchange_delete(exchange)  # deleted behind the publisher's back
+
+    await publisher.retry(
+        copy, fast_backoff(schedule=(10,))(), target_queue=target.name
+    )
+    await copy.ack()
+    again = await get_one(target)
+    await again.ack()
+    assert again.headers[RETRIES_HEADER] == 2
+
+    # and when it cannot be declared at all, the copy is not placed
+    async def no_declare(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(publisher, "_declare", no_declare)
+    await channel.exchange_delete(exchange)
+    await publish(channel, target.name)
+    original = await get_one(target)
+    with pytest.raises(CopyNotPlaced, match="NOT_FOUND"):
+        await publisher.retry(
+            original, fast_backoff(schedule=(10,))(), target_queue=target.name
+        )
+    await publisher.close()
+    await original.nack(requeue=False)
+
+
+async def test_nacked_copy_is_not_placed(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    declared: Any,
+    unique_name: Any,
+) -> None:
+    exchange = declared.exchange(unique_name("exchange"))
+    await channel.declare_exchange(exchange, "headers", durable=True)
+    rejecting = await channel.declare_queue(
+        declared.queue(unique_name("rejecting")),
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    await rejecting.bind(exchange, arguments={"backoff": 10, "x-match": "any"})
+    publisher = DelayedPublisher(channel, exchange=exchange)
+    await publish(channel, target.name)
+    original = await get_one(target)
+
+    with pytest.raises(CopyNotPlaced, match="nacked by the broker"):
+        await publisher.retry(
+            original, fast_backoff(schedule=(10,))(), target_queue=target.name
+        )
+    await publisher.close()
+    assert not original.processed
+    await original.ack()
+    stray = await get_one(target)  # the delay queue took its copy all the same
+    await stray.ack()
+
+
+async def test_declare_error_spares_the_consuming_channel(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    declared: Any,
+    unique_name: Any,
+) -> None:
+    exchange = declared.exchange(unique_name("exchange"))
+    await channel.declare_exchange(exchange, "direct")  # not a headers exchange
+    publisher = DelayedPublisher(channel, exchange=exchange)
+    await publish(channel, target.name)
+    original = await get_one(target)
+
+    with pytest.raises(CopyNotPlaced, match="PRECONDITION_FAILED") as caught:
+        await publisher.retry(
+            original, fast_backoff(schedule=(10,))(), target_queue=target.name
+        )
+    assert "could not be placed" in str(caught.value)
+    assert not channel.is_closed
+    await original.nack(requeue=True)  # the consuming channel still works
+
+    await channel.exchange_delete(exchange)
+    message = await get_one(target)
+    await publisher.retry(  # on a fresh publishing channel
+        message, fast_backoff(schedule=(10,))(), target_queue=target.name
+    )
+    await message.ack()
+    copy = await get_one(target)
+    await copy.ack()
+    await publisher.close()
+    await publisher.close()  # idempotent
+    assert copy.headers[RETRIES_HEADER] == 1
+
+
+async def test_retry_raises_expired_and_publishes_nothing(
+    channel: AbstractChannel, target: AbstractQueue, publisher: DelayedPublisher
+) -> None:
+    await publish(channel, target.name, headers={RETRIES_HEADER: 3})
+    original = await get_one(target)
+    with pytest.raises(Backoff.Expired) as caught:
+        await publisher.retry(
+            original, fast_backoff(schedule=(10,), limit=3)(), target_queue=target.name
+        )
+    assert isinstance(caught.value.__cause__, Backoff)
+    await original.ack()
+    await asyncio.sleep(0.1)
+    assert await target.get(fail=False) is None
+
+
+async def test_park_publishes_to_the_parking_queue(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    publisher: DelayedPublisher,
+    declared: Any,
+) -> None:
+    parking = declared.queue(f"{target.name}.parked")
+    await publish(channel, target.name, b"body", headers={"a": 1}, expiration=60)
+    original = await get_one(target)
+
+    assert (
+        await publisher.park(original, queue=target.name, error=ValueError("gave up"))
+        == parking
+    )
+    await original.ack()
+    queue = await channel.declare_queue(parking, passive=True)
+    parked = await get_one(queue)
+    await parked.ack()
+    assert parked.body == b"body"
+    assert parked.expiration is None
+    assert parked.headers == {
+        "a": 1,
+        "backoff-error": "gave up",
+        "backoff-queue": target.name,
+    }
+
+
+async def test_park_failure_is_not_placed(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    publisher: DelayedPublisher,
+    declared: Any,
+) -> None:
+    parking = declared.queue(f"{target.name}.parked")
+    await channel.declare_queue(parking, durable=False)  # declare(durable) fails
+    await publish(channel, target.name)
+    original = await get_one(target)
+
+    with pytest.raises(CopyNotPlaced, match="could not park") as caught:
+        await publisher.park(original, queue=target.name, error=ValueError("x"))
+    assert "PRECONDITION_FAILED" in str(caught.value)
+    assert not original.processed
+    await original.ack()
