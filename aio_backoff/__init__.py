@@ -24,6 +24,7 @@ from ._protocol import (
     retries_done,
 )
 from ._republish import CopyNotPlaced, DelayedPublisher
+from ._rpc import EXPIRED_ERROR_TYPE, BackoffJsonRPC, BackoffRPC, RemoteBackoffExpired
 from ._schedule import (
     Schedule,
     capped,
@@ -48,11 +49,14 @@ from ._topology import (
 __all__ = [
     "DEFAULT_EXCHANGE",
     "DELAY_HEADER",
+    "EXPIRED_ERROR_TYPE",
     "EXPIRY_GRACE_PERIOD_MS",
     "MAX_DELAY_MS",
     "PROTOCOL_VERSION",
     "RETRIES_HEADER",
     "Backoff",
+    "BackoffJsonRPC",
+    "BackoffRPC",
     "CopyNotPlaced",
     "DelayQueue",
     "DelayedPublisher",
@@ -60,6 +64,7 @@ __all__ = [
     "ExpiryAction",
     "Handler",
     "LeaseBook",
+    "RemoteBackoffExpired",
     "Retrier",
     "RetryPlan",
     "RetryPolicy",

@@ -161,6 +161,8 @@ class Backoff(Exception):
             raise ValueError(msg)
         limit = self.effective_limit()
         if limit is not None and retries >= limit:
+            self._total_attempts = retries
+            self._next_expiration = None
             raise self.expired(retries) from self
 
         if self.delay_ms is not None:
@@ -212,8 +214,10 @@ class Backoff(Exception):
         return self._next_expiration
 
     def __str__(self) -> str:
-        if self._next_expiration is None or self._total_attempts is None:
+        if self._total_attempts is None:
             return "Backoff(uninitialised)"
+        if self._next_expiration is None:
+            return f"Backoff(expired after {self._total_attempts} retries)"
         return (
             f"Backoff(retry #{self._total_attempts + 1} in {self._next_expiration}ms)"
         )
@@ -265,3 +269,8 @@ def as_backoff(
 
 RetryFor = tuple[type[BaseException], ...]
 BackoffFactory = Callable[[], Backoff]
+
+
+# Tracebacks and nameko's remote errors name the public path, not the private module.
+Backoff.__module__ = "aio_backoff"
+Backoff.Expired.__module__ = "aio_backoff"

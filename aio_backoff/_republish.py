@@ -98,6 +98,7 @@ class DelayedPublisher:
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._open_lock = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Event] = {}
+        self._renewing: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- channel ---------------------------------------------------------------
 
@@ -206,6 +207,20 @@ class DelayedPublisher:
             queue.arguments["x-expires"],
         )
 
+    async def _renew_lease(self, queue: DelayQueue, *, force: bool) -> None:
+        """Declare ``queue`` once for all the publishes that find its lease due.
+
+        Without this, every publish in flight when a lease falls due (up to the
+        consumers' prefetch) declares the exchange, queue and binding itself: a burst
+        of synchronous round trips that also hold the channel's lock, so the
+        publishes queue up behind them. ``force`` (a copy came back unroutable)
+        declares even if the lease looks fresh.
+        """
+        lock = self._renewing.setdefault((queue.exchange, queue.name), asyncio.Lock())
+        async with lock:
+            if force or self.lease_book.needs_declare(queue):
+                await self._declare(await self._publishing_channel(), queue)
+
     def _not_placed(self, plan: RetryPlan, reason: str) -> CopyNotPlaced:
         queue = plan.delay_queue
         return CopyNotPlaced(
@@ -241,9 +256,9 @@ class DelayedPublisher:
         async with self._one_at_a_time(properties.message_id):
             for attempt in (1, 2):
                 try:
-                    channel = await self._publishing_channel()
                     if attempt == 2 or self.lease_book.needs_declare(queue):
-                        await self._declare(channel, queue)
+                        await self._renew_lease(queue, force=attempt == 2)
+                    channel = await self._publishing_channel()
                     await channel.basic_publish(
                         message.body,
                         exchange=queue.exchange,

@@ -257,11 +257,12 @@ def test_str_before_and_after_computing() -> None:
     assert backoff.args == ("some detail",)
 
 
-def test_expired_does_not_initialise_the_backoff() -> None:
+def test_expired_backoff_plans_no_delay() -> None:
     backoff = no_jitter(limit=1)()
     with pytest.raises(Backoff.Expired):
         backoff.compute_next(1)
-    assert str(backoff) == "Backoff(uninitialised)"
+    assert backoff.next_delay_ms is None
+    assert backoff.retry_number == 2
 
 
 # -- Expired -------------------------------------------------------------------
@@ -575,3 +576,19 @@ def test_max_delay_with_an_overridden_schedule_item_uses_the_override() -> None:
             return 10 * (index + 1)
 
     assert Dynamic().max_delay == 10 + 20 + 30 + 40
+
+
+def test_str_of_an_expired_backoff_says_how_many_retries_it_had() -> None:
+    class Three(Backoff):
+        limit = 3
+
+    backoff = Three()
+    with pytest.raises(Backoff.Expired):
+        backoff.compute_next(3)
+    assert str(backoff) == "Backoff(expired after 3 retries)"
+
+
+def test_public_classes_name_the_public_module() -> None:
+    assert f"{Backoff.__module__}.{Backoff.Expired.__qualname__}" == (
+        "aio_backoff.Backoff.Expired"
+    )

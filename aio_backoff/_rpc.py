@@ -1,0 +1,365 @@
+"""aio-pika's RPC pattern with delayed retries: remote methods may raise ``Backoff``.
+
+:class:`BackoffRPC` and :class:`BackoffJsonRPC` are aio-pika's ``RPC`` and ``JsonRPC``
+with one change: when a registered method raises :class:`~aio_backoff.Backoff` (or an
+exception listed in ``retry_for``), the call message is not answered. A delayed copy
+of it (same body, ``reply_to`` and ``correlation_id``) is published through the delay
+topology back to the method's queue, with ``mandatory`` and a publisher confirm, and
+then the original is acked. The caller keeps waiting on the same future; it gets the
+method's result once an attempt succeeds, or ``Backoff.Expired`` once the limit is
+spent. Exactly one reply is sent per call: the final one.
+
+Everything else (serialisation, routing, the caller's ``expiration``, replies to
+unregistered methods, returned calls) is aio-pika's own behaviour. See docs/rpc.md.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn, Self
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.message import IncomingMessage
+from aio_pika.patterns import JsonRPC
+from aio_pika.patterns.base import CallbackType, T
+from aio_pika.patterns.rpc import RPC, JsonRPCError
+
+from ._backoff import Backoff
+from ._consumer import RetryPolicy
+from ._plan import plan_retry
+from ._republish import DelayedPublisher
+from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
+
+__all__ = [
+    "EXPIRED_ERROR_TYPE",
+    "BackoffJsonRPC",
+    "BackoffRPC",
+    "RemoteBackoffExpired",
+]
+
+log = logging.getLogger("aio_backoff").getChild("rpc")
+
+EXPIRED_ERROR_TYPE = "Backoff.Expired"
+"""The ``error.type`` of a JSON-RPC error reply that carries a ``Backoff.Expired``."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    method_name: str
+    message: AbstractIncomingMessage
+
+
+_current_call: contextvars.ContextVar[_Call] = contextvars.ContextVar(
+    "aio_backoff_rpc_call"
+)
+"""The call message being handled; set by ``on_call_message`` for ``execute``.
+
+aio-pika hands every delivery to its own task, so each call sees its own value."""
+
+
+class _Deferred(BaseException):
+    """Leaves aio-pika's ``on_call_message`` without a reply once a retry is handled.
+
+    A ``BaseException`` so that the ``except Exception`` around ``execute`` in
+    aio-pika does not turn it into an error reply; ``BackoffRPC.on_call_message``
+    catches it and settles the call message: ack when the delayed copy was placed,
+    nack with requeue when it was not (nothing is lost).
+    """
+
+    def __init__(self, *, placed: bool) -> None:
+        super().__init__(placed)
+        self.placed = placed
+
+
+class BackoffRPC(RPC):
+    """aio-pika's ``RPC`` whose remote methods may raise ``Backoff`` to be retried.
+
+    Create it like aio-pika's, with the retry policy as keywords::
+
+        rpc = await BackoffRPC.create(channel, backoff=MyBackoff, retry_for=(IOError,))
+        await rpc.register("fetch", fetch)                      # the instance policy
+        await rpc.register("pay", pay, backoff=PaymentBackoff)  # a per-method one
+
+    - ``backoff``: the ``Backoff`` subclass whose schedule and limit apply to
+      ``retry_for`` errors and to a plain ``Backoff()`` raised by a method (a raised
+      subclass keeps its own), as in :class:`~aio_backoff.RetryPolicy`.
+    - ``retry_for``: exception classes retried as if ``backoff()`` had been raised.
+    - ``backoff_exchange``, ``grace_ms``, ``lease_book``: the delay topology, as for
+      :class:`~aio_backoff.DelayedPublisher`; or pass a ``publisher`` to share one.
+
+    The caller's ``await rpc.call(...)`` (or ``rpc.proxy.method(...)``) returns the
+    result of the first attempt that succeeds, or raises ``Backoff.Expired`` when the
+    limit is spent. The caller's ``expiration`` only bounds the wait before a server
+    takes the call, not the retries (docs/rpc.md, "Caller timeouts").
+    """
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        host_exceptions: bool = False,
+        *,
+        backoff: type[Backoff] = Backoff,
+        retry_for: Iterable[type[BaseException]] = (),
+        backoff_exchange: str = DEFAULT_EXCHANGE,
+        grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+        lease_book: LeaseBook | None = None,
+        publisher: DelayedPublisher | None = None,
+    ) -> None:
+        super().__init__(channel, host_exceptions)
+        self.policy = RetryPolicy(backoff=backoff, retry_for=tuple(retry_for))
+        self.publisher = (
+            DelayedPublisher(
+                channel,
+                exchange=backoff_exchange,
+                grace_ms=grace_ms,
+                lease_book=lease_book,
+            )
+            if publisher is None
+            else publisher
+        )
+        self.policies: dict[str, RetryPolicy] = {}
+        """routing key (= the method's queue) -> that method's policy"""
+
+    @classmethod
+    async def create(
+        cls,
+        channel: AbstractChannel,
+        *,
+        host_exceptions: bool | None = None,
+        backoff: type[Backoff] = Backoff,
+        retry_for: Iterable[type[BaseException]] = (),
+        backoff_exchange: str = DEFAULT_EXCHANGE,
+        grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+        lease_book: LeaseBook | None = None,
+        publisher: DelayedPublisher | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Make and initialise one; ``kwargs`` go to aio-pika's ``initialize``."""
+        rpc = cls(
+            channel,
+            backoff=backoff,
+            retry_for=retry_for,
+            backoff_exchange=backoff_exchange,
+            grace_ms=grace_ms,
+            lease_book=lease_book,
+            publisher=publisher,
+        )
+        if host_exceptions is not None:
+            rpc.host_exceptions = host_exceptions
+        await rpc.initialize(**kwargs)
+        return rpc
+
+    async def register(
+        self,
+        method_name: str,
+        func: CallbackType[Any],
+        *,
+        backoff: type[Backoff] | None = None,
+        retry_for: Iterable[type[BaseException]] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """aio-pika's ``register``, with an optional per-method retry policy.
+
+        ``backoff`` / ``retry_for`` replace the instance's for this method only.
+        """
+        policy = self.policy.override(backoff=backoff, retry_for=retry_for)
+        routing_key = self._format_routing_key(method_name)
+        if routing_key in self.routes:
+            # let aio-pika raise its own error, without touching the live policy
+            return await super().register(method_name, func, **kwargs)
+        # in place before consuming starts: the first call may arrive at once
+        self.policies[routing_key] = policy
+        try:
+            return await super().register(method_name, func, **kwargs)
+        except BaseException:
+            self.policies.pop(routing_key, None)
+            raise
+
+    async def unregister(self, func: CallbackType[Any]) -> None:
+        """aio-pika's ``unregister``; forgets the method's retry policy too."""
+        queue = self.queues.get(func)
+        await super().unregister(func)
+        if queue is not None:
+            self.policies.pop(queue.name, None)
+
+    async def close(self) -> None:
+        """aio-pika's ``close``, then the publisher's own channel."""
+        try:
+            await super().close()
+        finally:
+            await self.publisher.close()
+
+    # -- the call path -----------------------------------------------------------
+
+    async def on_call_message(self, method_name: str, message: IncomingMessage) -> None:
+        """aio-pika's handler; a retried call is acked (or requeued) without a reply."""
+        token = _current_call.set(_Call(method_name, message))
+        try:
+            await super().on_call_message(method_name, message)
+        except _Deferred as deferred:
+            if deferred.placed:
+                await message.ack()
+            else:
+                await self._requeue(method_name, message)
+        finally:
+            _current_call.reset(token)
+
+    @staticmethod
+    async def _requeue(method_name: str, message: IncomingMessage) -> None:
+        try:
+            await message.nack(requeue=True)
+        except Exception:
+            log.exception(
+                "rpc %r call %r: could not requeue the call; the broker redelivers "
+                "it when the channel closes",
+                method_name,
+                message.correlation_id,
+            )
+
+    async def execute(self, func: CallbackType[T], payload: dict[str, Any]) -> T:
+        """Run the method; on ``Backoff`` (or ``retry_for``) schedule a retry instead.
+
+        Returns the result, raises the method's other errors (aio-pika replies with
+        them) and ``Backoff.Expired`` once the limit is spent (replied the same way).
+        """
+        try:
+            return await super().execute(func, payload)
+        except Exception as error:
+            call = _current_call.get(None)
+            if call is None:  # called directly, not for a call message
+                raise
+            routing_key = self._format_routing_key(call.method_name)
+            policy = self.policies.get(routing_key, self.policy)
+            backoff = policy.backoff_for(error)
+            if backoff is None:
+                raise
+            await self._retry_later(call, routing_key, backoff)
+
+    async def _retry_later(
+        self, call: _Call, routing_key: str, backoff: Backoff
+    ) -> NoReturn:
+        """Publish the delayed copy and leave without a reply (or raise Expired).
+
+        A planning error (``Backoff.Expired``, or a schedule that returns no
+        number) is raised, so aio-pika replies with it. A copy that cannot be
+        published, for whatever reason, sends the call back to its queue.
+        """
+        message = call.message
+        queue = self.queues[self.routes[routing_key]].name
+        publisher = self.publisher
+        try:
+            plan = plan_retry(
+                backoff,
+                message.headers,
+                target_queue=queue,
+                exchange=publisher.exchange,
+                grace_ms=publisher.grace_ms,
+            )
+        except Backoff.Expired as expired:
+            log.warning(
+                "rpc %r call %r: %s; replying with Backoff.Expired (queue %r)",
+                call.method_name,
+                message.correlation_id,
+                expired,
+                queue,
+            )
+            raise
+        try:
+            await publisher.publish_copy(message, plan)
+        except Exception:
+            log.exception(
+                "rpc %r call %r: the delayed copy (retry #%r in %r ms) was not "
+                "placed; the call goes back to queue %r to run again",
+                call.method_name,
+                message.correlation_id,
+                plan.retry_number,
+                plan.delay_ms,
+                queue,
+            )
+            raise _Deferred(placed=False) from None
+        log.info(
+            "rpc %r call %r: retry #%r of %s in %r ms, back to queue %r",
+            call.method_name,
+            message.correlation_id,
+            plan.retry_number,
+            "unlimited" if plan.limit is None else plan.limit,
+            plan.delay_ms,
+            queue,
+        )
+        raise _Deferred(placed=True)
+
+
+class RemoteBackoffExpired(Backoff.Expired, JsonRPCError):
+    """A ``Backoff.Expired`` reply to a :class:`BackoffJsonRPC` call.
+
+    Catch it as ``Backoff.Expired`` (or, as before, as aio-pika's ``JsonRPCError``:
+    ``args`` are the same ``("RPC exception", payload)``). ``retries``, ``limit``
+    and ``max_delay_ms`` come from the server; ``cause`` is the ``repr`` of what the
+    method last raised (the ``retry_for`` error, or a ``Backoff`` raised with a
+    message), else None.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.remote_message = ""
+        self.cause: str | None = None
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> RemoteBackoffExpired:
+        error = payload.get("error") or {}
+        expired = cls("RPC exception", payload)
+        remote_args = error.get("args") or []
+        expired.remote_message = str(remote_args[0]) if remote_args else ""
+        expired.retries = int(error.get("retries") or 0)
+        expired.limit = int(error.get("limit") or 0)
+        expired.max_delay_ms = float(error.get("max_delay_ms") or 0.0)
+        cause = error.get("cause")
+        expired.cause = None if cause is None else str(cause)
+        return expired
+
+    def __str__(self) -> str:
+        text = self.remote_message or "Backoff expired on the server"
+        return text if self.cause is None else f"{text}; last error: {self.cause}"
+
+
+class BackoffJsonRPC(BackoffRPC, JsonRPC):
+    """aio-pika's ``JsonRPC`` with retries, as :class:`BackoffRPC`.
+
+    On the wire a ``Backoff.Expired`` is a JSON-RPC error whose ``error.type`` is
+    ``"Backoff.Expired"``, with ``retries``, ``limit``, ``max_delay_ms`` and ``cause``
+    besides aio-pika's ``message`` and ``args``. A ``BackoffJsonRPC`` caller raises it
+    as :class:`RemoteBackoffExpired` (a ``Backoff.Expired`` and a ``JsonRPCError``);
+    a plain ``JsonRPC`` caller gets aio-pika's ``JsonRPCError`` with that payload.
+    """
+
+    def serialize_exception(self, exception: Exception) -> Any:
+        payload = super().serialize_exception(exception)
+        if isinstance(exception, Backoff.Expired):
+            # what the method raised: the error retry_for converted, or a Backoff
+            # that says something (a bare one, or a conversion of it, says nothing)
+            cause = exception.__cause__
+            while isinstance(cause, Backoff) and not cause.args:
+                cause = cause.__cause__
+            payload["error"].update(
+                type=EXPIRED_ERROR_TYPE,
+                retries=exception.retries,
+                limit=exception.limit,
+                max_delay_ms=exception.max_delay_ms,
+                cause=None if cause is None else repr(cause),
+            )
+        return payload
+
+    async def deserialize_message(self, message: AbstractIncomingMessage) -> Any:
+        payload = await super().deserialize_message(message)
+        if isinstance(payload, JsonRPCError) and len(payload.args) == 2:
+            body = payload.args[1]
+            if (
+                isinstance(body, dict)
+                and isinstance(body.get("error"), dict)
+                and body["error"].get("type") == EXPIRED_ERROR_TYPE
+            ):
+                return RemoteBackoffExpired.from_payload(body)
+        return payload
