@@ -1,0 +1,256 @@
+"""Fixtures for the nameko tests (own pytest process, eventlet monkeypatched).
+
+nameko's pytest plugin gives every test its own vhost (``rabbit_config``), so queue
+and exchange names cannot collide between tests and the vhost's deletion cleans up.
+Schedules are tens of milliseconds and jitter is off unless a test turns it on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+from unittest.mock import patch
+
+import pytest
+from kombu import Connection
+from kombu.messaging import Exchange, Queue
+from kombu.pools import connections, producers
+from nameko.amqp.publish import get_connection
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.standalone.events import event_dispatcher
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from nameko_bridge import Backoff
+from nameko_bridge.events import event_handler
+from nameko_bridge.messaging import consume
+from nameko_bridge.rpc import rpc
+
+BACKOFFS_BEFORE_SUCCESS = 3
+FAST_SCHEDULE = (20, 30, 40)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = str(__file__).rsplit("/", 1)[0]
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.nameko)
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff() -> Iterator[tuple[int, ...]]:
+    with patch.object(Backoff, "schedule", new=FAST_SCHEDULE):
+        yield FAST_SCHEDULE
+
+
+@pytest.fixture(autouse=True)
+def no_randomness() -> Iterator[None]:
+    with patch.object(Backoff, "random_sigma", new=0):
+        yield
+
+
+@pytest.fixture
+def limited_backoff() -> Iterator[int]:
+    limit = 2
+    with patch.object(Backoff, "limit", new=limit):
+        yield limit
+
+
+@pytest.fixture
+def backoff_count() -> int:
+    return BACKOFFS_BEFORE_SUCCESS
+
+
+@pytest.fixture
+def exchange() -> Exchange:
+    return Exchange("messages")
+
+
+@pytest.fixture
+def queue(exchange: Exchange) -> Queue:
+    return Queue("messages", exchange=exchange, routing_key="message")
+
+
+@pytest.fixture
+def publish_message(rabbit_config: dict[str, Any]) -> Callable[..., None]:
+    """Publish ``payload`` to ``exchange`` (declared first) through kombu's pools."""
+
+    def publish(
+        exchange: Exchange,
+        payload: Any,
+        routing_key: str | None = None,
+        serializer: str = "json",
+        **kwargs: Any,
+    ) -> None:
+        conn = Connection(rabbit_config[AMQP_URI_CONFIG_KEY])
+        with connections[conn].acquire(block=True) as connection:
+            exchange.maybe_bind(connection)
+            with producers[conn].acquire(block=True) as producer:
+                producer.publish(
+                    payload,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    serializer=serializer,
+                    declare=[exchange] if exchange.name else [],
+                    **kwargs,
+                )
+
+    return publish
+
+
+@pytest.fixture
+def dispatch_event(rabbit_config: dict[str, Any]) -> Callable[..., None]:
+    def dispatch(service: str, event_type: str, data: Any, **kwargs: Any) -> None:
+        event_dispatcher(rabbit_config, **kwargs)(service, event_type, data)
+
+    return dispatch
+
+
+@pytest.fixture
+def rpc_proxy(rabbit_config: dict[str, Any]) -> Iterator[Any]:
+    with ClusterRpcProxy(rabbit_config) as proxy:
+        yield proxy
+
+
+class Counter:
+    """Counts calls, in total or per key: ``counter.increment()``,
+    ``counter["a"].increment()``; compares equal to its count."""
+
+    class Item:
+        def __init__(self) -> None:
+            self.value = 0
+
+        def increment(self) -> int:
+            self.value += 1
+            return self.value
+
+        def __eq__(self, other: object) -> bool:
+            return self.value == other
+
+        __hash__ = None  # type: ignore[assignment]
+
+    _total = object()
+
+    def __init__(self) -> None:
+        self.items: defaultdict[Any, Counter.Item] = defaultdict(Counter.Item)
+
+    def __getitem__(self, key: Any) -> Counter.Item:
+        return self.items[key]
+
+    def increment(self) -> int:
+        return self[self._total].increment()
+
+    def __eq__(self, other: object) -> bool:
+        return self[self._total] == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@pytest.fixture
+def counter() -> Counter:
+    return Counter()
+
+
+@pytest.fixture
+def service_cls(queue: Queue, counter: Counter, backoff_count: int) -> type:
+    """One method behind all three entrypoints; backs off ``backoff_count`` times."""
+
+    class Service:
+        name = "service"
+
+        @rpc
+        @consume(queue)
+        @event_handler("src_service", "event_type")
+        def method(self, payload: Any) -> str:
+            if counter.increment() <= backoff_count:
+                raise Backoff()
+            return "result"
+
+    return Service
+
+
+@pytest.fixture
+def container(
+    container_factory: Callable[..., Any],
+    rabbit_config: dict[str, Any],
+    service_cls: type,
+) -> Any:
+    container = container_factory(service_cls, rabbit_config)
+    container.start()
+    return container
+
+
+class CallTracker:
+    """Every run of an entrypoint seen by an ``entrypoint_waiter`` callback."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def track(self, **call: Any) -> None:
+        self.calls.append(call)
+
+    def get_results(self) -> list[Any]:
+        return [call["result"] for call in self.calls]
+
+    def get_exceptions(self) -> list[Any]:
+        return [call["exc_info"] for call in self.calls]
+
+    def exception_types(self) -> list[type[BaseException] | None]:
+        return [None if info is None else info[0] for info in self.get_exceptions()]
+
+
+@pytest.fixture
+def entrypoint_tracker() -> CallTracker:
+    return CallTracker()
+
+
+@pytest.fixture
+def wait_for_result(entrypoint_tracker: CallTracker) -> Callable[..., bool]:
+    """``entrypoint_waiter`` callback: done at a result or at ``Backoff.Expired``."""
+
+    def callback(worker_ctx: Any, result: Any, exc_info: Any) -> bool:
+        entrypoint_tracker.track(result=result, exc_info=exc_info)
+        return exc_info is None or exc_info[0] is Backoff.Expired
+
+    return callback
+
+
+@pytest.fixture
+def wait_for_backoff_expired(entrypoint_tracker: CallTracker) -> Callable[..., bool]:
+    """``entrypoint_waiter`` callback: done when the entrypoint raises Expired."""
+
+    def callback(worker_ctx: Any, result: Any, exc_info: Any) -> bool:
+        entrypoint_tracker.track(result=result, exc_info=exc_info)
+        return bool(exc_info and exc_info[0] is Backoff.Expired)
+
+    return callback
+
+
+@pytest.fixture
+def queue_info(amqp_uri: str) -> Callable[[str], Any]:
+    """``queue_declare(passive=True)`` of a queue: name, message and consumer count."""
+
+    def get_queue_info(queue_name: str) -> Any:
+        with get_connection(amqp_uri) as conn:
+            return Queue(name=queue_name).bind(conn).queue_declare(passive=True)
+
+    return get_queue_info
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Call ``check`` until it stops raising AssertionError (the management API's
+    statistics lag by a few seconds)."""
+    deadline = time.monotonic() + timeout
+    for attempt in itertools.count():
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 0.5))
+    return None  # pragma: no cover

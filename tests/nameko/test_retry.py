@@ -1,0 +1,747 @@
+"""The delay topology and the retry protocol, seen from nameko services."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from unittest.mock import ANY, patch
+
+import pytest
+from amqp.exceptions import NotFound, PreconditionFailed
+from kombu.entity import Queue as KombuQueue
+from kombu.messaging import Exchange, Queue
+from kombu.serialization import register, unregister
+from nameko.amqp.publish import UndeliverableMessage, get_connection
+from nameko.extensions import DependencyProvider
+from nameko.testing.services import entrypoint_waiter
+from nameko.testing.utils import get_extension
+
+import aio_backoff
+import nameko_bridge.backoff
+from aio_backoff import DelayQueue, plan_retry, retries_done
+from nameko_bridge import Backoff, BackoffPublisher
+from nameko_bridge.backoff import get_backoff_queue_name
+from nameko_bridge.constants import CALL_ID_STACK_HEADER_KEY
+from nameko_bridge.messaging import Consumer, consume
+from nameko_bridge.rpc import rpc
+
+from .conftest import eventually
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def dynamic_backoff(delay: int, limit: int | None = None) -> type[Backoff]:
+    """A Backoff whose only delay is ``delay`` ms."""
+
+    class DynamicBackoff(Backoff):
+        schedule = (delay,)
+
+    if limit is not None:
+        DynamicBackoff.limit = limit
+    return DynamicBackoff
+
+
+@pytest.fixture
+def delaying_container(container_factory, rabbit_config, queue):
+    """A consumer that backs off each message by the delay in its payload."""
+
+    class Service:
+        name = "service"
+
+        @consume(queue)
+        def backoff(self, delay):
+            raise dynamic_backoff(delay, limit=1)()
+
+    container = container_factory(Service, rabbit_config)
+    container.start()
+    return container
+
+
+@pytest.fixture
+def declared_queues(monkeypatch) -> list[str]:
+    """Names of the queues kombu declares, in order (delay queues included)."""
+    names: list[str] = []
+    original = KombuQueue.declare
+
+    def declare(self, *args, **kwargs):
+        names.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(KombuQueue, "declare", declare)
+    return names
+
+
+class TestTopology:
+    def test_a_queue_per_delay_holds_its_copies(
+        self, delaying_container, publish_message, exchange, queue, counter, queue_info
+    ):
+        delays = [5000, 6000, 6000, 7000, 7000, 7000]
+
+        def all_received(worker_ctx, result, exc_info):
+            return counter.increment() == len(delays)
+
+        with entrypoint_waiter(delaying_container, "backoff", callback=all_received):
+            for delay in delays:
+                publish_message(exchange, delay, routing_key=queue.routing_key)
+
+        for delay in set(delays):
+            info = queue_info(get_backoff_queue_name(delay))
+            assert info.message_count == delays.count(delay)
+
+    def test_negative_delays_are_made_positive(
+        self, container, publish_message, exchange, queue, wait_for_result, queue_info
+    ):
+        with (
+            patch.object(Backoff, "schedule", new=(-30,)),
+            entrypoint_waiter(container, "method", callback=wait_for_result) as result,
+        ):
+            publish_message(exchange, "msg", routing_key=queue.routing_key)
+        assert result.get() == "result"
+        assert queue_info("backoff--30ms").message_count == 0
+
+    def test_delay_queues_expire_after_use(
+        self,
+        delaying_container,
+        publish_message,
+        exchange,
+        queue,
+        counter,
+        rabbit_config,
+        rabbit_manager,
+    ):
+        delays = [50, 100, 100, 100, 50]
+
+        def all_expired(worker_ctx, result, exc_info):
+            if exc_info[0] is not Backoff.Expired:
+                return False
+            return counter.increment() == len(delays)
+
+        with (
+            patch.object(nameko_bridge.backoff, "EXPIRY_GRACE_PERIOD", 100),
+            entrypoint_waiter(delaying_container, "backoff", callback=all_expired),
+        ):
+            for delay in delays:
+                publish_message(exchange, delay, routing_key=queue.routing_key)
+
+        def gone(name: str) -> None:
+            with get_connection(rabbit_config["AMQP_URI"]) as conn:
+                try:
+                    Queue(name).bind(conn).queue_declare(passive=True)
+                except NotFound:
+                    return
+            raise AssertionError(f"{name} still exists")
+
+        for delay in set(delays):
+            eventually(lambda delay=delay: gone(get_backoff_queue_name(delay)))
+
+    def test_republishing_renews_the_delay_queue(
+        self, delaying_container, publish_message, exchange, queue, counter
+    ):
+        """Each publish comes more than a grace period after the last: without a
+        fresh declare the queue (and the copy in it) would be gone before the copy
+        leaves it, and the waiter would time out."""
+        delays = [50, 50, 50]
+        grace_ms = 200
+
+        def all_expired(worker_ctx, result, exc_info):
+            if exc_info[0] is not Backoff.Expired:
+                return False
+            return counter.increment() == len(delays)
+
+        with (
+            patch.object(nameko_bridge.backoff, "EXPIRY_GRACE_PERIOD", grace_ms),
+            entrypoint_waiter(
+                delaying_container, "backoff", callback=all_expired, timeout=10
+            ),
+        ):
+            for delay in delays:
+                publish_message(exchange, delay, routing_key=queue.routing_key)
+                time.sleep(grace_ms / 1000 * 1.2)
+
+    def test_a_fresh_lease_skips_the_declare(
+        self,
+        container,
+        publish_message,
+        exchange,
+        queue,
+        wait_for_result,
+        declared_queues,
+        backoff_count,
+    ):
+        """The point of the LeaseBook: three retries through one delay queue, one
+        declare (nameko-amqp-retry declared before every copy)."""
+        with (
+            patch.object(Backoff, "schedule", new=(20,)),
+            entrypoint_waiter(container, "method", callback=wait_for_result),
+        ):
+            publish_message(exchange, "msg", routing_key=queue.routing_key)
+        assert declared_queues.count("backoff--20ms") == 1
+        assert backoff_count == 3
+
+    def test_concurrent_first_retries_do_not_race_the_declare(
+        self,
+        container_factory,
+        rabbit_config,
+        publish_message,
+        exchange,
+        queue,
+        counter,
+        caplog,
+    ):
+        """Ten workers back off at once into a delay queue that does not exist yet:
+        none of them publishes before the queue is declared (no copy comes back
+        unroutable), and every message returns."""
+        seen: set[int] = set()
+
+        class Service:
+            name = "service"
+
+            @consume(queue)
+            def method(self, number):
+                if number not in seen:
+                    seen.add(number)
+                    raise dynamic_backoff(20)()
+                counter.increment()
+
+        container = container_factory(Service, rabbit_config)
+        container.start()
+
+        def all_done(worker_ctx, result, exc_info):
+            return exc_info is None and counter == 10
+
+        with (
+            caplog.at_level(logging.WARNING, logger="nameko_bridge"),
+            entrypoint_waiter(container, "method", callback=all_done),
+        ):
+            for number in range(10):
+                publish_message(exchange, number, routing_key=queue.routing_key)
+
+        assert "unroutable" not in caplog.text
+
+    def test_a_deleted_delay_queue_is_declared_again(
+        self,
+        container_factory,
+        rabbit_config,
+        publish_message,
+        exchange,
+        queue,
+        counter,
+        caplog,
+        declared_queues,
+    ):
+        """The copy comes back unroutable (the queue went away behind a fresh
+        lease): declared again and published once more, nothing lost."""
+
+        class Service:
+            name = "service"
+
+            @consume(queue)
+            def method(self, payload):
+                calls = counter.increment()
+                if calls == 2:
+                    with get_connection(rabbit_config["AMQP_URI"]) as conn:
+                        Queue("backoff--20ms").bind(conn).delete()
+                if calls <= 2:
+                    raise dynamic_backoff(20)()
+                return "done"
+
+        container = container_factory(Service, rabbit_config)
+        container.start()
+
+        def done(worker_ctx, result, exc_info):
+            return result == "done"
+
+        with (
+            caplog.at_level(logging.WARNING, logger="nameko_bridge"),
+            entrypoint_waiter(container, "method", callback=done),
+        ):
+            publish_message(exchange, "msg", routing_key=queue.routing_key)
+
+        assert counter == 3
+        assert declared_queues.count("backoff--20ms") == 2
+        assert "came back unroutable" in caplog.text
+
+    def test_a_deleted_exchange_is_declared_again(
+        self,
+        container_factory,
+        rabbit_config,
+        publish_message,
+        exchange,
+        queue,
+        counter,
+        declared_queues,
+    ):
+        class Service:
+            name = "service"
+
+            @consume(queue)
+            def method(self, payload):
+                calls = counter.increment()
+                if calls == 2:
+                    with get_connection(rabbit_config["AMQP_URI"]) as conn:
+                        Exchange("backoff").bind(conn).delete()
+                if calls <= 2:
+                    raise dynamic_backoff(20)()
+                return "done"
+
+        container = container_factory(Service, rabbit_config)
+        container.start()
+
+        def done(worker_ctx, result, exc_info):
+            return result == "done"
+
+        with entrypoint_waiter(container, "method", callback=done):
+            publish_message(exchange, "msg", routing_key=queue.routing_key)
+
+        assert counter == 3
+        assert declared_queues.count("backoff--20ms") == 2
+
+    def test_unroutable_copy_surfaces_and_the_original_is_kept(
+        self,
+        container_factory,
+        rabbit_config,
+        publish_message,
+        exchange,
+        queue,
+        get_message_from_queue,
+        declared_queues,
+    ):
+        def unroutable_queue(self, expiration):
+            return Queue(
+                "nowhere",
+                exchange=self.exchange,
+                binding_arguments={"backoff": -1, "x-match": "any"},
+            )
+
+        class Service:
+            name = "service"
+
+            @consume(queue)
+            def method(self, payload):
+                raise Backoff()
+
+        container = container_factory(Service, rabbit_config)
+        with patch.object(BackoffPublisher, "make_queue", unroutable_queue):
+            container.start()
+            publish_message(exchange, "keep me", routing_key=queue.routing_key)
+            with pytest.raises(UndeliverableMessage, match="came back unroutable"):
+                container.wait()
+
+        assert declared_queues.count("nowhere") == 2  # first publish, then again
+        kept = get_message_from_queue(queue.name)
+        assert kept.payload == "keep me"
+        assert kept.headers.get("backoff-retries") is None
+
+
+class TestMultipleMessages:
+    def test_shorter_delays_overtake_longer_ones(
+        self, container_factory, rabbit_config, counter, entrypoint_tracker, rpc_proxy
+    ):
+        quick_backoff = dynamic_backoff(30)
+        slow_backoff = dynamic_backoff(400)
+
+        class Service:
+            name = "service"
+
+            backoff = BackoffPublisher()  # as services of nameko-amqp-retry declared
+
+            @rpc
+            def slow(self):
+                if counter["slow"].increment() <= 1:
+                    raise slow_backoff()
+                return "slow"
+
+            @rpc
+            def quick(self):
+                if counter["quick"].increment() <= 1:
+                    raise quick_backoff()
+                return "quick"
+
+        container = container_factory(Service, rabbit_config)
+        container.start()
+
+        def track(worker_ctx, result, exc_info):
+            entrypoint_tracker.track(result=result, exc_info=exc_info)
+            return exc_info is None
+
+        with (
+            entrypoint_waiter(container, "quick", callback=track) as quick,
+            entrypoint_waiter(container, "slow", callback=track) as slow,
+        ):
+            # "slow" backs off first, for sure
+            with entrypoint_waiter(container, "slow"):
+                rpc_proxy.service.slow.call_async()
+            rpc_proxy.service.quick.call_async()
+
+        assert quick.get() == "quick"
+        assert slow.get() == "slow"
+        assert entrypoint_tracker.get_results() == [None, None, "quick", "slow"]
+        assert entrypoint_tracker.get_exceptions() == [
+            (slow_backoff, ANY, ANY),
+            (quick_backoff, ANY, ANY),
+            None,
+            None,
+        ]
+
+
+class CallStack(DependencyProvider):
+    """Gives the service the worker's call-id stack."""
+
+    def get_dependency(self, worker_ctx):
+        return worker_ctx.call_id_stack
+
+
+@pytest.fixture
+def stack_container(container_factory, rabbit_config, service_cls):
+    class Service(service_cls):
+        call_stack = CallStack()
+
+    container = container_factory(Service, rabbit_config)
+    container.start()
+    return container
+
+
+@pytest.fixture
+def record_stacks() -> tuple[list[list[str]], Any]:
+    stacks: list[list[str]] = []
+
+    def callback(worker_ctx, result, exc_info):
+        stacks.append(worker_ctx.call_id_stack)
+        return exc_info is None
+
+    return stacks, callback
+
+
+@pytest.mark.usefixtures("predictable_call_ids")
+class TestCallStack:
+    def test_rpc_backoff_extends_the_call_stack(
+        self, stack_container, rpc_proxy, record_stacks
+    ):
+        stacks, callback = record_stacks
+        with entrypoint_waiter(stack_container, "method", callback=callback):
+            rpc_proxy.service.method("msg")
+
+        caller = "standalone_rpc_proxy.call.0"
+        assert stacks == [
+            [caller, "service.method.1"],
+            [caller, "service.method.1.backoff", "service.method.2"],
+            [
+                caller,
+                "service.method.1.backoff",
+                "service.method.2.backoff",
+                "service.method.3",
+            ],
+            [
+                caller,
+                "service.method.1.backoff",
+                "service.method.2.backoff",
+                "service.method.3.backoff",
+                "service.method.4",
+            ],
+        ]
+
+    def test_event_backoff_extends_the_call_stack(
+        self, stack_container, dispatch_event, record_stacks
+    ):
+        stacks, callback = record_stacks
+        with entrypoint_waiter(stack_container, "method", callback=callback):
+            dispatch_event(
+                "src_service",
+                "event_type",
+                {},
+                headers={CALL_ID_STACK_HEADER_KEY: ["event.dispatch"]},
+            )
+
+        assert stacks == [
+            ["event.dispatch", "service.method.0"],
+            ["event.dispatch", "service.method.0.backoff", "service.method.1"],
+            [
+                "event.dispatch",
+                "service.method.0.backoff",
+                "service.method.1.backoff",
+                "service.method.2",
+            ],
+            [
+                "event.dispatch",
+                "service.method.0.backoff",
+                "service.method.1.backoff",
+                "service.method.2.backoff",
+                "service.method.3",
+            ],
+        ]
+
+    def test_consume_backoff_extends_the_call_stack(
+        self, stack_container, publish_message, exchange, queue, record_stacks
+    ):
+        stacks, callback = record_stacks
+        with entrypoint_waiter(stack_container, "method", callback=callback):
+            publish_message(
+                exchange,
+                "msg",
+                routing_key=queue.routing_key,
+                headers={CALL_ID_STACK_HEADER_KEY: ["message.publish"]},
+            )
+
+        assert stacks[-1] == [
+            "message.publish",
+            "service.method.0.backoff",
+            "service.method.1.backoff",
+            "service.method.2.backoff",
+            "service.method.3",
+        ]
+
+    def test_a_message_without_headers_keeps_its_call_stack(
+        self, stack_container, publish_message, exchange, queue, record_stacks
+    ):
+        """nameko-amqp-retry lost the stack when the message had no headers."""
+        stacks, callback = record_stacks
+        with entrypoint_waiter(stack_container, "method", callback=callback):
+            publish_message(exchange, "msg", routing_key=queue.routing_key)
+
+        assert stacks == [
+            ["service.method.0"],
+            ["service.method.0.backoff", "service.method.1"],
+            [
+                "service.method.0.backoff",
+                "service.method.1.backoff",
+                "service.method.2",
+            ],
+            [
+                "service.method.0.backoff",
+                "service.method.1.backoff",
+                "service.method.2.backoff",
+                "service.method.3",
+            ],
+        ]
+
+
+class TestSerialization:
+    @pytest.fixture(autouse=True)
+    def custom_serializer(self, rabbit_config):
+        def encode(value):
+            return json.dumps(value).upper()
+
+        def decode(value):
+            return json.loads(value.lower())
+
+        register("upperjson", encode, decode, "application/x-upper-json", "utf-8")
+        rabbit_config["serializer"] = "upperjson"
+        yield
+        unregister("upperjson")
+
+    def test_custom_serializer(
+        self,
+        container,
+        publish_message,
+        exchange,
+        queue,
+        wait_for_result,
+        backoff_count,
+        entrypoint_tracker,
+    ):
+        payloads: list[Any] = []
+
+        def record(worker_ctx, result, exc_info):
+            payloads.append(worker_ctx.args)
+            return wait_for_result(worker_ctx, result, exc_info)
+
+        with entrypoint_waiter(container, "method", callback=record) as result:
+            publish_message(
+                exchange, "msg", serializer="upperjson", routing_key=queue.routing_key
+            )
+
+        assert result.get() == "result"
+        assert payloads == [("msg",)] * (backoff_count + 1)
+
+
+class TestRetryCount:
+    def test_previously_dead_lettered_message_starts_at_zero(
+        self,
+        container,
+        publish_message,
+        rabbit_config,
+        exchange,
+        queue,
+        wait_for_result,
+        entrypoint_tracker,
+        backoff_count,
+    ):
+        """``x-death`` entries from other exchanges do not count."""
+        deadletter = Exchange(name="deadletter", type="topic")
+        with get_connection(rabbit_config["AMQP_URI"]) as conn:
+            Queue(
+                "deadletter",
+                exchange=deadletter,
+                routing_key="#",
+                queue_arguments={"x-dead-letter-exchange": exchange.name},
+            ).bind(conn).declare()
+
+        with (
+            patch.object(Backoff, "limit", new=backoff_count),
+            entrypoint_waiter(container, "method", callback=wait_for_result) as result,
+        ):
+            publish_message(
+                deadletter, "msg", routing_key=queue.routing_key, expiration=0.01
+            )
+
+        assert result.get() == "result"
+        assert entrypoint_tracker.exception_types() == [Backoff] * backoff_count + [
+            None
+        ]
+
+    def test_the_count_reaches_the_limit_without_x_death(
+        self, container_factory, rabbit_config, publish_message, exchange, queue
+    ):
+        """As on RabbitMQ 4.x, where a republished ``x-death`` is reset: with the
+        broker's header stripped, our own ``backoff-retries`` still counts up to the
+        limit (nameko-amqp-retry counted from ``x-death`` and retried forever)."""
+        seen: list[Any] = []
+        counted: list[int] = []
+
+        class ForgetfulConsumer(Consumer):
+            def handle_message(self, body, message):
+                message.headers.pop("x-death", None)
+                seen.append(message.headers.get("backoff-retries"))
+                # what the asyncio side would count for this message
+                counted.append(retries_done(message.headers))
+                super().handle_message(body, message)
+
+        class Service:
+            name = "service"
+
+            @ForgetfulConsumer.decorator(queue)
+            def method(self, payload):
+                raise Backoff()
+
+        container = container_factory(Service, rabbit_config)
+        container.start()
+
+        def expired(worker_ctx, result, exc_info):
+            return exc_info[0] is Backoff.Expired
+
+        with (
+            patch.object(Backoff, "limit", new=3),
+            entrypoint_waiter(container, "method", callback=expired) as result,
+        ):
+            publish_message(exchange, "msg", routing_key=queue.routing_key)
+
+        with pytest.raises(Backoff.Expired, match="after '3' retries"):
+            result.get()
+        assert seen == [None, 1, 2, 3]
+        assert counted == [0, 1, 2, 3]
+
+    def test_a_legacy_count_is_carried_on(
+        self,
+        container,
+        publish_message,
+        exchange,
+        queue,
+        wait_for_backoff_expired,
+        entrypoint_tracker,
+    ):
+        """A message that nameko-amqp-retry retried twice (its count only in
+        ``x-death``) has one retry left of a limit of 3."""
+        legacy = [{"exchange": "backoff", "queue": "backoff--20ms", "count": 2}]
+        with (
+            patch.object(Backoff, "limit", new=3),
+            entrypoint_waiter(container, "method", callback=wait_for_backoff_expired),
+        ):
+            publish_message(
+                exchange,
+                "msg",
+                routing_key=queue.routing_key,
+                headers={"x-death": legacy},
+            )
+        assert entrypoint_tracker.exception_types() == [Backoff, Backoff.Expired]
+
+    def test_a_copy_made_by_the_asyncio_side_continues_its_count(
+        self,
+        container,
+        publish_message,
+        exchange,
+        queue,
+        wait_for_backoff_expired,
+        entrypoint_tracker,
+    ):
+        """The headers the asyncio stack writes on its second copy (the same core,
+        ``plan_retry``): a nameko service reads the count and has one retry left."""
+        first = plan_retry(aio_backoff.Backoff(), {}, target_queue=queue.name)
+        second = plan_retry(
+            aio_backoff.Backoff(), first.headers, target_queue=queue.name
+        )
+        assert second.headers["backoff-retries"] == 2
+        with (
+            patch.object(Backoff, "limit", new=3),
+            entrypoint_waiter(container, "method", callback=wait_for_backoff_expired),
+        ):
+            publish_message(
+                exchange, "msg", routing_key=queue.routing_key, headers=second.headers
+            )
+        assert entrypoint_tracker.exception_types() == [Backoff, Backoff.Expired]
+
+
+class TestRefusedByTheBroker:
+    """A declare the broker refuses (a queue exists with other arguments): the
+    original goes back to its queue and the error reaches the container."""
+
+    def test_delay_queue_with_other_arguments(
+        self,
+        container_factory,
+        rabbit_config,
+        publish_message,
+        exchange,
+        queue,
+        get_message_from_queue,
+    ):
+        with get_connection(rabbit_config["AMQP_URI"]) as conn:
+            Queue("backoff--20ms", durable=False).bind(conn).declare()
+
+        class Service:
+            name = "service"
+
+            @consume(queue)
+            def method(self, payload):
+                raise dynamic_backoff(20)()
+
+        container = container_factory(Service, rabbit_config)
+        container.start()
+        publish_message(exchange, "keep me", routing_key=queue.routing_key)
+        with pytest.raises(PreconditionFailed):
+            container.wait()
+
+        assert get_message_from_queue(queue.name).payload == "keep me"
+        # the failed declare is not taken for a lease: the next copy declares
+        publisher = get_extension(container, BackoffPublisher)
+        assert publisher.lease_book.needs_declare(DelayQueue(delay_ms=20))
+
+    def test_parking_queue_with_other_arguments(
+        self,
+        container_factory,
+        rabbit_config,
+        publish_message,
+        exchange,
+        queue,
+        limited_backoff,
+        get_message_from_queue,
+    ):
+        with get_connection(rabbit_config["AMQP_URI"]) as conn:
+            Queue(f"{queue.name}.parked", durable=False).bind(conn).declare()
+
+        class Service:
+            name = "service"
+
+            @consume(queue, on_expired="park")
+            def method(self, payload):
+                raise Backoff()
+
+        container = container_factory(Service, rabbit_config)
+        container.start()
+        publish_message(exchange, "keep me", routing_key=queue.routing_key)
+        with pytest.raises(PreconditionFailed):
+            container.wait()
+
+        kept = get_message_from_queue(queue.name)
+        assert kept.payload == "keep me"
+        assert kept.headers["backoff-retries"] == limited_backoff
