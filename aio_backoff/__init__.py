@@ -15,6 +15,26 @@ from ._expiry import (
     drop,
     park,
 )
+from ._nameko_context import CallContext, current_call
+from ._nameko_events import EventDispatcher
+from ._nameko_rpc import NamekoRpcClient
+from ._nameko_service import NamekoService
+from ._nameko_wire import (
+    BROADCAST,
+    SERVICE_POOL,
+    SINGLETON,
+    HandlerType,
+    IncorrectSignature,
+    MalformedRequest,
+    MethodNotFound,
+    RemoteError,
+    RemoteExpired,
+    RpcTimeout,
+    UnknownService,
+    event_exchange_name,
+    event_queue,
+    rpc_queue_name,
+)
 from ._plan import RetryPlan, plan_retry
 from ._protocol import (
     DELAY_HEADER,
@@ -47,6 +67,7 @@ from ._topology import (
 )
 
 __all__ = [
+    "BROADCAST",
     "DEFAULT_EXCHANGE",
     "DELAY_HEADER",
     "EXPIRED_ERROR_TYPE",
@@ -54,29 +75,46 @@ __all__ = [
     "MAX_DELAY_MS",
     "PROTOCOL_VERSION",
     "RETRIES_HEADER",
+    "SERVICE_POOL",
+    "SINGLETON",
     "Backoff",
     "BackoffJsonRPC",
     "BackoffRPC",
+    "CallContext",
     "CopyNotPlaced",
     "DelayQueue",
     "DelayedPublisher",
+    "EventDispatcher",
     "ExpiredMessage",
     "ExpiryAction",
     "Handler",
+    "HandlerType",
+    "IncorrectSignature",
     "LeaseBook",
+    "MalformedRequest",
+    "MethodNotFound",
+    "NamekoRpcClient",
+    "NamekoService",
     "RemoteBackoffExpired",
+    "RemoteError",
+    "RemoteExpired",
     "Retrier",
     "RetryPlan",
     "RetryPolicy",
+    "RpcTimeout",
     "Schedule",
+    "UnknownService",
     "as_backoff",
     "backoff_class",
     "capped",
+    "current_call",
     "dead_letter",
     "dead_letter_or_park",
     "delay_queue",
     "delay_queue_name",
     "drop",
+    "event_exchange_name",
+    "event_queue",
     "exponential",
     "fixed",
     "full_jitter",
@@ -87,5 +125,6 @@ __all__ = [
     "plan_retry",
     "retries_done",
     "round_to_nearest",
+    "rpc_queue_name",
     "sequence",
 ]

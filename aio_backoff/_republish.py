@@ -28,6 +28,7 @@ import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import (
     AMQPChannelError,
+    ChannelInvalidStateError,
     ChannelNotFoundEntity,
     DeliveryError,
     PublishError,
@@ -271,6 +272,10 @@ class DelayedPublisher:
                 except ChannelNotFoundEntity as error:
                     # the exchange was deleted since we declared it
                     reason, failure = f"refused by the broker: {error}", error
+                except ChannelInvalidStateError as error:
+                    # another publish's refused declare closed the shared channel
+                    # under this one: the next attempt opens a fresh channel
+                    reason, failure = f"interrupted (channel closed: {error})", error
                 except DeliveryError as error:
                     raise self._not_placed(
                         plan, f"nacked by the broker ({error.frame!r})"

@@ -496,3 +496,40 @@ async def test_park_failure_is_not_placed(
     assert "PRECONDITION_FAILED" in str(caught.value)
     assert not original.processed
     await original.ack()
+
+
+class ChannelClosedUnderIt(DelayedPublisher):
+    """The first publish finds its channel closed by someone else, as when a
+    concurrent publish's declare is refused on the shared channel."""
+
+    closed_once = False
+
+    async def _publishing_channel(self) -> Any:
+        opened = await super()._publishing_channel()
+        if not self.closed_once:
+            self.closed_once = True
+            await opened.close()
+        return opened
+
+
+async def test_channel_closed_under_a_publish_is_reopened_and_the_copy_placed(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publisher = ChannelClosedUnderIt(channel)
+    await publish(channel, target.name, b"one")
+    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
+        await publisher.retry(
+            await get_one(target),
+            fast_backoff(schedule=(24,))(),
+            target_queue=target.name,
+        )
+    copy = await get_one(target)
+    await copy.ack()
+    await publisher.close()
+
+    assert copy.body == b"one"
+    assert copy.headers[RETRIES_HEADER] == 1
+    [warning] = retried_warnings(caplog)
+    assert "channel closed" in warning

@@ -1,0 +1,108 @@
+"""The jobs of the interop matrix, and the asyncio side's handlers for them.
+
+A job ``{"key": str, "failures": int}`` backs off while its message has been retried
+fewer than ``failures`` times, then succeeds (the same rule as the nameko services
+in ``services/nameko_services.py``). ``OK`` jobs back off twice then succeed;
+``DOOMED`` jobs expire at the limit (3).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from aio_backoff import (
+    ExpiredMessage,
+    backoff_class,
+    current_call,
+    park,
+    retries_done,
+)
+
+Fast = backoff_class(schedule=(50,), limit=3, random_sigma=0, name="Fast")
+"""The matrix schedule (as ``Fast`` on the nameko side): 50 ms, 3 retries."""
+Shared = backoff_class(schedule=(30,), limit=6, random_sigma=0, name="Shared")
+"""For the queue shared with a nameko service (``Shared`` there): 30 ms, 6 retries."""
+
+OK_FAILURES = 2
+DOOMED_FAILURES = 99
+OK_ATTEMPTS = [(0, "Fast"), (1, "Fast"), (2, "ok")]
+DOOMED_ATTEMPTS = [(0, "Fast"), (1, "Fast"), (2, "Fast"), (3, "Expired")]
+
+Record = dict[str, Any]
+
+
+def new_job(failures: int, label: str = "job") -> dict[str, Any]:
+    return {"key": f"{label}-{uuid.uuid4().hex[:8]}", "failures": failures}
+
+
+def attempts(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """``(retries, outcome)`` per delivery, in order of retries.
+
+    The asyncio side records a handler's last ``Backoff`` and then the expiry as two
+    records; nameko records one worker whose outcome is ``Expired``: merged here.
+    """
+    merged: list[tuple[int, str]] = []
+    for record in sorted(
+        records, key=lambda r: (r["retries"], r["outcome"] == "Expired")
+    ):
+        step = (record["retries"], record["outcome"])
+        if merged and step[1] == "Expired" and merged[-1][0] == step[0]:
+            merged[-1] = step
+        else:
+            merged.append(step)
+    return merged
+
+
+class AioSide:
+    """Handlers of the asyncio side, recording what they see like nameko's report."""
+
+    def __init__(self, backoff: type = Fast) -> None:
+        self.backoff = backoff
+        self.records: list[Record] = []
+
+    def for_key(self, key: str) -> list[Record]:
+        return [record for record in self.records if record["key"] == key]
+
+    def _attempt(self, job: Mapping[str, Any], retries: int, stack: Any = None) -> Any:
+        record = {
+            "side": "asyncio",
+            "key": job["key"],
+            "retries": retries,
+            "call_id_stack": stack,
+        }
+        if retries < job["failures"]:
+            self.records.append({**record, "outcome": self.backoff.__name__})
+            raise self.backoff()
+        self.records.append({**record, "outcome": "ok"})
+        return {"key": job["key"], "retries": retries, "side": "asyncio"}
+
+    async def work(self, job: dict[str, Any]) -> Any:
+        """An RPC method / event handler of a NamekoService."""
+        call = current_call()
+        assert call is not None
+        return self._attempt(job, call.retries, list(call.call_id_stack))
+
+    async def consume(self, message: AbstractIncomingMessage) -> None:
+        """A Retrier handler for plain queue messages."""
+        self._attempt(json.loads(message.body), retries_done(message.headers))
+
+    async def on_expired(self, expired: ExpiredMessage) -> None:
+        """Record the expiry, then park the message (the default action)."""
+        job = json.loads(expired.message.body)
+        self.records.append(
+            {
+                "side": "asyncio",
+                "key": job["key"],
+                "retries": retries_done(expired.message.headers),
+                "outcome": "Expired",
+            }
+        )
+        await park(expired)
+
+    def done(self, key: str, last: str) -> Callable[[], bool]:
+        return lambda: any(r["outcome"] == last for r in self.for_key(key))

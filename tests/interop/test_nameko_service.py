@@ -1,0 +1,816 @@
+"""NamekoService, NamekoRpcClient and EventDispatcher on a real broker.
+
+The asyncio half of the bridge on its own: errors as nameko reports them, call-id
+stacks and context across calls and events, handler types, lifecycle (graceful
+stop, shutdown timeout, reconnection) and what happens when a copy cannot be placed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from aio_backoff import (
+    BROADCAST,
+    SINGLETON,
+    Backoff,
+    CopyNotPlaced,
+    EventDispatcher,
+    ExpiredMessage,
+    IncorrectSignature,
+    MalformedRequest,
+    MethodNotFound,
+    NamekoRpcClient,
+    NamekoService,
+    RemoteError,
+    RemoteExpired,
+    RpcTimeout,
+    UnknownService,
+    current_call,
+    parking_queue_name,
+)
+from aio_backoff._nameko_wire import RPC_METHOD_ID_HEADER, dumps
+from tests import brokers
+from tests.interop.conftest import NamekoSide
+from tests.interop.jobs import Fast, new_job
+from tests.interop.processes import wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
+
+
+class Unavailable(Exception):
+    pass
+
+
+@pytest.fixture
+def service_name(unique_name: Callable[[str], str]) -> str:
+    return unique_name("svc").replace(".", "_")
+
+
+@pytest.fixture
+async def rpc(
+    connection: AbstractRobustConnection, declared: Any
+) -> AsyncIterator[NamekoRpcClient]:
+    async with NamekoRpcClient(connection, timeout=10) as client:
+        declared.queue(client.reply_queue)
+        yield client
+
+
+def cleanup(declared: Any, service: NamekoService) -> NamekoService:
+    declared.queue(service.rpc_queue)
+    declared.exchange(f"{service.name}.events")
+    for queue in service.event_queues():
+        declared.queue(queue)
+        declared.queue(parking_queue_name(queue))
+    return service
+
+
+async def queue_depth(channel: AbstractChannel, name: str) -> int:
+    queue = await channel.declare_queue(name, passive=True)
+    count = queue.declaration_result.message_count
+    assert count is not None
+    return count
+
+
+# -- RPC -----------------------------------------------------------------------------
+
+
+async def test_errors_reach_the_caller_as_nameko_reports_them(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    rpc: NamekoRpcClient,
+    declared: Any,
+    service_name: str,
+) -> None:
+    service = NamekoService(connection, service_name)
+
+    @service.rpc
+    async def fail(reason: str) -> None:
+        raise ValueError(reason, 42)
+
+    @service.rpc
+    async def odd() -> object:
+        return object()
+
+    cleanup(declared, service)
+    async with service:
+        proxy = rpc.service(service_name)
+        with pytest.raises(RemoteError) as caught:
+            await proxy.fail("boom")
+        assert caught.value.exc_type == "ValueError"
+        assert caught.value.exc_path == "builtins.ValueError"
+        assert caught.value.exc_args == ["boom", "42"]
+
+        with pytest.raises(MethodNotFound, match="missing"):
+            await proxy.missing()
+        with pytest.raises(IncorrectSignature, match="argument"):
+            await proxy.fail()
+        with pytest.raises(RemoteError, match="Unserializable value"):
+            await proxy.odd()
+        with pytest.raises(AttributeError):
+            proxy._private  # noqa: B018
+
+        # a raw request that is not nameko's JSON, found by its method id header
+        reply_queue = await channel.declare_queue(exclusive=True)
+        await reply_queue.bind("nameko-rpc", routing_key=reply_queue.name)
+        for body in (b"not json", b'{"args": []}'):
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    body,
+                    reply_to=reply_queue.name,
+                    correlation_id="c1",
+                    headers={RPC_METHOD_ID_HEADER: f"{service_name}.fail"},
+                ),
+                routing_key=service.rpc_queue,
+            )
+        for _ in range(2):
+            reply = await reply_queue.get(timeout=5, fail=False)
+            while reply is None:
+                await asyncio.sleep(0.02)
+                reply = await reply_queue.get(timeout=5, fail=False)
+            payload = json.loads(reply.body)
+            assert payload["error"]["exc_path"] == "nameko.exceptions.MalformedRequest"
+    assert issubclass(MalformedRequest, RemoteError)
+
+
+async def test_retry_for_and_a_plain_backoff_use_the_services_policy(
+    connection: AbstractRobustConnection,
+    rpc: NamekoRpcClient,
+    declared: Any,
+    service_name: str,
+) -> None:
+    service = NamekoService(connection, service_name, backoff=Fast)
+    calls: list[int] = []
+
+    @service.rpc(retry_for=(Unavailable,))
+    async def flaky() -> int:
+        call = current_call()
+        assert call is not None
+        calls.append(call.retries)
+        if call.retries < 2:
+            raise Unavailable
+        return call.retries
+
+    @service.rpc(name="plain")
+    async def plain_backoff() -> None:
+        raise Backoff  # takes Fast's schedule and limit
+
+    cleanup(declared, service)
+    async with service:
+        assert await rpc.call(service_name, "flaky") == 2
+        with pytest.raises(Backoff.Expired) as caught:
+            await rpc.call(service_name, "plain")
+    assert calls == [0, 1, 2]
+    assert isinstance(caught.value, RemoteExpired)
+    assert caught.value.limit == 3
+
+
+async def test_unknown_service_and_timeout(
+    connection: AbstractRobustConnection, declared: Any, service_name: str
+) -> None:
+    release = asyncio.Event()
+    service = NamekoService(connection, service_name)
+
+    @service.rpc
+    async def slow() -> str:
+        await release.wait()
+        return "late"
+
+    @service.rpc
+    async def quick() -> str:
+        return "quick"
+
+    cleanup(declared, service)
+    async with (
+        service,
+        NamekoRpcClient(connection, timeout=0.2, name="impatient") as client,
+    ):
+        declared.queue(client.reply_queue)
+        assert client.reply_queue.startswith("rpc.reply-impatient-")
+        with pytest.raises(UnknownService, match="ghost"):
+            await client.call(f"{service_name}_ghost", "anything")
+        with pytest.raises(RpcTimeout, match="no reply"):
+            await client.call(service_name, "slow")
+        release.set()  # the late reply arrives and is dropped
+        await asyncio.sleep(0.1)
+        assert await client.call(service_name, "quick") == "quick"
+
+
+async def test_client_must_be_started_and_close_fails_waiting_calls(
+    connection: AbstractRobustConnection, declared: Any, service_name: str
+) -> None:
+    client = NamekoRpcClient(connection)
+    with pytest.raises(RuntimeError, match="not started"):
+        await client.call("x", "y")
+    await client.close()  # never started: nothing to do
+
+    service = NamekoService(connection, service_name)
+    entered = asyncio.Event()
+
+    @service.rpc
+    async def hang() -> None:
+        entered.set()
+        await asyncio.sleep(30)
+
+    cleanup(declared, service)
+    service.shutdown_timeout = 0.1
+    async with service:
+        await client.start()
+        await client.start()  # idempotent
+        declared.queue(client.reply_queue)
+        waiting = asyncio.create_task(client.call(service_name, "hang"))
+        await entered.wait()
+        await client.close()
+        with pytest.raises(ConnectionError, match="closed while call"):
+            await waiting
+
+        # closed while the call is still being published
+        await client.start()
+        declared.queue(client.reply_queue)
+        sending = asyncio.create_task(client.call(service_name, "hang"))
+        await asyncio.sleep(0)
+        await client.close()
+        with pytest.raises(ConnectionError, match="closed while call"):
+            await sending
+
+
+async def test_client_start_failure_closes_its_channel(
+    connection: AbstractRobustConnection,
+    declared: Any,
+    unique_name: Callable[[str], str],
+) -> None:
+    exchange = declared.exchange(unique_name("fanout"))
+    channel = await connection.channel()
+    await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT)
+    client = NamekoRpcClient(connection, exchange=exchange)
+    with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+        await client.start()
+    with pytest.raises(RuntimeError, match="not started"):
+        await client.call("x", "y")
+
+
+async def test_nested_calls_and_events_carry_the_call_id_stack(
+    connection: AbstractRobustConnection,
+    nameko_side: NamekoSide,
+    declared: Any,
+    service_name: str,
+) -> None:
+    """An asyncio handler calls a nameko service and dispatches an event; both carry
+    its call-id stack and context, as a nameko worker's would."""
+    service = NamekoService(connection, service_name)
+    events: list[tuple[Any, Any]] = []
+
+    @service.rpc
+    async def outer(job: dict[str, Any]) -> Any:
+        async with NamekoRpcClient(connection, timeout=10) as inner:
+            declared.queue(inner.reply_queue)
+            result = await inner.call(nameko_side.service, "work", job)
+        await service.dispatch("outer_done", {"result": result})
+        return result
+
+    @service.event_handler(service_name, "outer_done")
+    async def on_outer_done(payload: Any) -> None:
+        call = current_call()
+        assert call is not None
+        events.append((payload, call))
+
+    cleanup(declared, service)
+    job = new_job(0, "nested")
+    async with (
+        service,
+        NamekoRpcClient(
+            connection, timeout=10, context_data={"user_id": "u-7"}
+        ) as client,
+    ):
+        declared.queue(client.reply_queue)
+        result = await client.call(service_name, "outer", job)
+        await wait_until(lambda: bool(events), what="the event")
+    assert result == {"key": job["key"], "retries": 0, "side": "nameko_bridge"}
+
+    await wait_until(lambda: bool(nameko_side.report.for_key(job["key"])))
+    (record,) = nameko_side.report.for_key(job["key"])
+    client_id, outer_id, nameko_id = record["call_id_stack"]
+    assert client_id.startswith("aio_rpc_client.call.")
+    assert outer_id.startswith(f"{service_name}.outer.")
+    assert nameko_id.startswith(f"{nameko_side.service}.work.")
+
+    payload, call = events[0]
+    assert payload == {"result": result}
+    assert call.call_id_stack[:2] == (client_id, outer_id)
+    assert call.call_id.startswith(f"{service_name}.on_outer_done.")
+    assert call.data == {"user_id": "u-7"}
+
+
+def test_only_async_handlers_and_reliable_broadcasts(
+    connection: AbstractRobustConnection,
+) -> None:
+    service = NamekoService(connection, "unused")
+
+    def blocking() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="async def"):
+        service.rpc(blocking)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="async def"):
+        service.event_handler("a", "b")(blocking)  # type: ignore[type-var]
+    with pytest.raises(ValueError, match="broadcast_identifier"):
+        service.event_handler("a", "b", handler_type=BROADCAST)(
+            TestHandlerTypes.handler
+        )
+
+
+# -- events --------------------------------------------------------------------------
+
+
+class TestHandlerTypes:
+    @staticmethod
+    async def handler(payload: Any) -> None:
+        pass
+
+    async def test_broadcast_reaches_every_instance_singleton_only_one(
+        self,
+        connection: AbstractRobustConnection,
+        declared: Any,
+        unique_name: Callable[[str], str],
+    ) -> None:
+        source = unique_name("src").replace(".", "_")
+        declared.exchange(f"{source}.events")
+        got: dict[str, list[Any]] = {}
+        services = []
+        for n in range(2):
+            service = NamekoService(connection, f"{source}_listener{n}")
+
+            async def broadcast(payload: Any, n: int = n) -> None:
+                got.setdefault(f"broadcast{n}", []).append(payload)
+
+            async def singleton(payload: Any, n: int = n) -> None:
+                got.setdefault("singleton", []).append((n, payload))
+
+            service.event_handler(
+                source, "ping", handler_type=BROADCAST, reliable_delivery=False
+            )(broadcast)
+            service.event_handler(source, "ping", handler_type=SINGLETON)(singleton)
+            services.append(cleanup(declared, service))
+
+        assert services[0].event_queues()[1] == f"evt-{source}-ping"
+        async with services[0], services[1], EventDispatcher(connection) as dispatch:
+            await dispatch(source, "ping", {"n": 1})
+            await dispatch(source, "ping", {"n": 2})
+            await wait_until(
+                lambda: (
+                    len(got.get("singleton", [])) == 2
+                    and all(len(got.get(f"broadcast{n}", [])) == 2 for n in range(2))
+                )
+            )
+        assert got["broadcast0"] == got["broadcast1"] == [{"n": 1}, {"n": 2}]
+        assert sorted(p["n"] for _, p in got["singleton"]) == [1, 2]
+
+
+async def test_event_errors_are_acked_and_expiry_actions_run(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failing handler is logged and acked (as nameko); a body that is not JSON
+    too; an expiry action that does not settle leaves the ack to the service."""
+    service = NamekoService(connection, service_name, backoff=Fast)
+    seen: list[Any] = []
+    expired: list[ExpiredMessage] = []
+
+    @service.event_handler(service_name, "broken")
+    async def broken(payload: Any) -> None:
+        seen.append(payload)
+        raise RuntimeError("handler bug")
+
+    async def remember(message: ExpiredMessage) -> None:
+        expired.append(message)
+
+    @service.event_handler(service_name, "doomed", on_expired=remember)
+    async def doomed(payload: Any) -> None:
+        raise Backoff
+
+    cleanup(declared, service)
+    caplog.set_level(logging.INFO, logger="aio_backoff")
+    async with service:
+        exchange = await channel.get_exchange(f"{service_name}.events")
+        await exchange.publish(aio_pika.Message(b"{not json"), routing_key="broken")
+        await service.dispatch("broken", {"n": 1})
+        await service.dispatch("doomed", {"n": 2})
+        await wait_until(lambda: bool(seen) and bool(expired))
+        await asyncio.sleep(0.1)
+        for queue in service.event_queues():
+            assert await queue_depth(channel, queue) == 0
+    assert seen == [{"n": 1}]
+    assert expired[0].error.retries == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("event body is not JSON" in m for m in messages)
+    assert any("raised RuntimeError('handler bug'); acked" in m for m in messages)
+    assert any("retry #3 of 3 in 50 ms" in m for m in messages)
+
+
+# -- nothing lost ---------------------------------------------------------------------
+
+
+async def test_copy_not_placed_puts_the_message_back(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+    unique_name: Callable[[str], str],
+) -> None:
+    """The delay exchange cannot be declared (it exists as another type): neither
+    the RPC request nor the event is lost, both go back to their queues."""
+    delay_exchange = declared.exchange(unique_name("delay"))
+    await channel.declare_exchange(delay_exchange, aio_pika.ExchangeType.FANOUT)
+    service = NamekoService(
+        connection, service_name, backoff=Fast, delay_exchange=delay_exchange
+    )
+    tries: list[str] = []
+
+    @service.rpc
+    async def work() -> None:
+        tries.append("rpc")
+        raise Backoff
+
+    @service.event_handler(service_name, "job")
+    async def on_job(payload: Any) -> None:
+        tries.append("event")
+        raise Backoff
+
+    cleanup(declared, service)
+    rpc_message = aio_pika.Message(
+        dumps({"args": [], "kwargs": {}}),
+        reply_to="nowhere",
+        correlation_id="c",
+        headers={RPC_METHOD_ID_HEADER: f"{service_name}.work"},
+    )
+    async with service:
+        await channel.default_exchange.publish(
+            rpc_message,
+            routing_key=service.rpc_queue,
+        )
+        await service.dispatch("job", {})
+        await wait_until(lambda: tries.count("rpc") >= 2 and tries.count("event") >= 2)
+    await asyncio.sleep(0.1)
+    assert await queue_depth(channel, service.rpc_queue) == 1
+    (queue,) = service.event_queues()
+    assert await queue_depth(channel, queue) == 1
+
+
+def aio_backoff_copy_not_placed() -> Exception:
+    return CopyNotPlaced("test: the parking queue refused the copy")
+
+
+async def test_expiry_action_that_cannot_place_the_message_requeues_it(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+) -> None:
+    service = NamekoService(connection, service_name, backoff=Fast)
+    attempts: list[int] = []
+
+    async def cannot_park(message: ExpiredMessage) -> None:
+        attempts.append(message.error.retries)
+        raise aio_backoff_copy_not_placed()
+
+    @service.event_handler(service_name, "job", on_expired=cannot_park)
+    async def on_job(payload: Any) -> None:
+        raise Backoff
+
+    cleanup(declared, service)
+    async with service:
+        await service.dispatch("job", {})
+        await wait_until(lambda: len(attempts) >= 2)
+    await asyncio.sleep(0.1)
+    (queue,) = service.event_queues()
+    assert await queue_depth(channel, queue) == 1
+    assert attempts[:2] == [3, 3]
+
+
+async def test_a_request_without_reply_to_is_handled_and_acked(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = NamekoService(connection, service_name)
+    done = asyncio.Event()
+
+    @service.rpc
+    async def fire_and_forget() -> None:
+        done.set()
+
+    cleanup(declared, service)
+    async with service:
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                dumps({"args": [], "kwargs": {}}),
+                headers={RPC_METHOD_ID_HEADER: f"{service_name}.fire_and_forget"},
+            ),
+            routing_key=service.rpc_queue,
+        )
+        await asyncio.wait_for(done.wait(), 5)
+        await asyncio.sleep(0.1)
+        assert await queue_depth(channel, service.rpc_queue) == 0
+    assert any("has no reply_to" in r.getMessage() for r in caplog.records)
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+async def test_stop_lets_handlers_in_flight_finish(
+    connection: AbstractRobustConnection,
+    rpc: NamekoRpcClient,
+    declared: Any,
+    service_name: str,
+) -> None:
+    service = NamekoService(connection, service_name)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @service.rpc
+    async def slow() -> str:
+        entered.set()
+        await release.wait()
+        return "finished"
+
+    cleanup(declared, service)
+    await service.start()
+    await service.start()  # idempotent
+    call = asyncio.create_task(rpc.call(service_name, "slow"))
+    await entered.wait()
+    stopping = asyncio.create_task(service.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done()
+    release.set()
+    await stopping
+    assert await call == "finished"
+    await service.stop()  # idempotent
+
+
+async def test_stop_cancels_handlers_after_the_timeout_and_nothing_is_lost(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    rpc: NamekoRpcClient,
+    declared: Any,
+    service_name: str,
+) -> None:
+    service = NamekoService(connection, service_name, shutdown_timeout=0.1)
+    entered = asyncio.Event()
+    cancelled: list[bool] = []
+
+    @service.rpc
+    async def stuck() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    cleanup(declared, service)
+    async with service:
+        call = asyncio.create_task(rpc.call(service_name, "stuck"))
+        await entered.wait()
+    assert cancelled == [True]
+    await asyncio.sleep(0.1)
+    assert await queue_depth(channel, service.rpc_queue) == 1  # back for a retry
+    call.cancel()
+
+
+async def test_a_stopping_service_hands_new_messages_back(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+) -> None:
+    service = NamekoService(connection, service_name)
+    ran: list[str] = []
+
+    @service.rpc
+    async def work() -> None:
+        ran.append("rpc")
+
+    @service.event_handler(service_name, "job")
+    async def on_job(payload: Any) -> None:
+        ran.append("event")
+
+    cleanup(declared, service)
+    async with service:
+        service._stopping = True  # as between cancelling consumers and closing
+        await channel.default_exchange.publish(
+            aio_pika.Message(dumps({"args": [], "kwargs": {}})),
+            routing_key=service.rpc_queue,
+        )
+        await service.dispatch("job", {})
+        await asyncio.sleep(0.2)
+    assert ran == []
+    await asyncio.sleep(0.1)
+    assert await queue_depth(channel, service.rpc_queue) == 1
+    (queue,) = service.event_queues()
+    assert await queue_depth(channel, queue) == 1
+
+
+async def test_start_failure_closes_what_was_opened(
+    connection: AbstractRobustConnection,
+    declared: Any,
+    service_name: str,
+    unique_name: Callable[[str], str],
+) -> None:
+    exchange = declared.exchange(unique_name("rpcx"))
+    channel = await connection.channel()
+    await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT)
+    service = NamekoService(connection, service_name, rpc_exchange=exchange)
+
+    @service.rpc
+    async def work() -> None:
+        pass
+
+    with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+        await service.start()
+    await service.stop()  # nothing left to stop
+
+
+def _close_connection_by_name(name: str) -> bool:
+    """Close a client connection through the management API; False if not listed."""
+    api = urllib.parse.urlsplit(brokers.current().api_url)
+    base = f"{api.scheme}://{api.hostname}:{api.port}"
+    token = base64.b64encode(f"{api.username}:{api.password}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
+    request = urllib.request.Request(f"{base}/api/connections", headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        connections = json.load(response)
+    for connection in connections:
+        if connection.get("client_properties", {}).get("connection_name") == name:
+            quoted = urllib.parse.quote(connection["name"], safe="")
+            delete = urllib.request.Request(
+                f"{base}/api/connections/{quoted}", headers=headers, method="DELETE"
+            )
+            urllib.request.urlopen(delete, timeout=5).close()
+            return True
+    return False
+
+
+@pytest.mark.timeout(45)
+async def test_reconnects_and_the_interrupted_call_is_answered(
+    connection: AbstractRobustConnection,
+    rpc: NamekoRpcClient,
+    declared: Any,
+    service_name: str,
+) -> None:
+    """The broker drops the service's connection while a handler runs: that
+    delivery cannot be settled any more (the handler is cancelled with its channel,
+    or its ack fails and is logged), the broker redelivers the request once the
+    robust connection is back, and the caller gets its answer."""
+    name = f"interop-reconnect-{uuid.uuid4().hex[:8]}"
+    service_connection = await aio_pika.connect_robust(
+        brokers.current().amqp_url,
+        client_properties={"connection_name": name},
+        reconnect_interval=0.2,
+    )
+    service = NamekoService(service_connection, service_name)
+    entered, release = asyncio.Event(), asyncio.Event()
+    runs: list[int] = []
+
+    @service.rpc
+    async def work() -> int:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            entered.set()
+            await release.wait()
+        return len(runs)
+
+    cleanup(declared, service)
+    try:
+        async with service:
+            call = asyncio.create_task(rpc.call(service_name, "work"))
+            await entered.wait()
+            for _ in range(100):
+                if await asyncio.to_thread(_close_connection_by_name, name):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail(f"connection {name!r} never appeared in the management API")
+            await asyncio.sleep(0.3)
+            release.set()
+            # at least once: whichever run replies first answers the call
+            assert await call >= 1
+            await wait_until(lambda: len(runs) >= 2, what="the redelivery")
+    finally:
+        await service_connection.close()
+
+
+async def test_a_delivery_that_cannot_be_settled_is_logged(
+    connection: AbstractRobustConnection,
+    declared: Any,
+    service_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its channel went away while the handler ran: the broker redelivers the
+    message; the service logs that it could not settle it and carries on."""
+    service = NamekoService(connection, service_name)
+    done = asyncio.Event()
+
+    @service.event_handler(service_name, "job")
+    async def on_job(payload: Any) -> None:
+        assert service._channel is not None
+        await service._channel.close()  # as if the broker closed it
+        done.set()
+
+    cleanup(declared, service)
+    async with service:
+        await service.dispatch("job", {})
+        await asyncio.wait_for(done.wait(), 5)
+        await wait_until(
+            lambda: any(
+                "could not settle" in r.getMessage()
+                for r in caplog.records
+                if r.name.startswith("aio_backoff")
+            )
+        )
+
+
+async def test_a_reply_that_cannot_be_sent_puts_the_request_back(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+) -> None:
+    service = NamekoService(connection, service_name)
+    runs: list[int] = []
+
+    @service.rpc
+    async def work() -> int:
+        runs.append(len(runs))
+        assert service._replies_channel is not None
+        await service._replies_channel.close()  # the reply cannot go out
+        return len(runs)
+
+    cleanup(declared, service)
+    async with service:
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                dumps({"args": [], "kwargs": {}}),
+                reply_to="someone",
+                headers={RPC_METHOD_ID_HEADER: f"{service_name}.work"},
+            ),
+            routing_key=service.rpc_queue,
+        )
+        await wait_until(lambda: len(runs) >= 2, what="the request to run again")
+    await asyncio.sleep(0.1)
+    assert await queue_depth(channel, service.rpc_queue) == 1
+
+
+async def test_an_expiry_further_down_is_relayed_as_nameko_relays_it(
+    connection: AbstractRobustConnection,
+    rpc: NamekoRpcClient,
+    nameko_side: NamekoSide,
+    declared: Any,
+    service_name: str,
+) -> None:
+    """An asyncio method calls a nameko method that expires and lets the error
+    out: its caller gets a RemoteError naming the Expired, not an Expired of its
+    own (the outer method did not back off)."""
+    service = NamekoService(connection, service_name)
+
+    @service.rpc
+    async def relay(job: dict[str, Any]) -> Any:
+        async with NamekoRpcClient(connection, timeout=10) as inner:
+            declared.queue(inner.reply_queue)
+            return await inner.call(nameko_side.service, "work", job)
+
+    cleanup(declared, service)
+    async with service:
+        with pytest.raises(RemoteError) as caught:
+            await rpc.call(service_name, "relay", new_job(99, "relayed"))
+    assert not isinstance(caught.value, Backoff.Expired)
+    assert caught.value.exc_type == "RemoteError"
+    assert caught.value.value.startswith("Expired Backoff aborted after '3' retries")
+
+
+async def test_a_call_the_broker_refuses_raises_its_error(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    unique_name: Callable[[str], str],
+) -> None:
+    """The RPC exchange vanished under a running client: the call fails with the
+    broker's error instead of waiting for a reply that cannot come."""
+    exchange = unique_name("rpcx")
+    async with NamekoRpcClient(connection, exchange=exchange) as client:
+        await channel.exchange_delete(exchange)
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await client.call("anyone", "anything")

@@ -1,0 +1,354 @@
+"""nameko's wire format, sans IO: names, context headers, bodies, errors."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+
+import pytest
+
+from aio_backoff import Backoff, backoff_class
+from aio_backoff._nameko_context import (
+    CallContext,
+    _current,
+    current_call,
+    outgoing_headers,
+)
+from aio_backoff._nameko_wire import (
+    BROADCAST,
+    SERVICE_POOL,
+    SINGLETON,
+    EventQueue,
+    IncorrectSignature,
+    MalformedRequest,
+    MethodNotFound,
+    RemoteError,
+    RemoteExpired,
+    UnknownService,
+    backoff_call_id_stack,
+    call_id_stack,
+    context_data,
+    context_headers,
+    decode_reply,
+    decode_request,
+    dumps,
+    encode_reply,
+    encode_request,
+    event_exchange_name,
+    event_queue,
+    loads,
+    nameko_error,
+    new_call_id,
+    protocol_error,
+    remote_error,
+    rpc_binding_key,
+    rpc_queue_name,
+    rpc_reply_queue_name,
+    rpc_routing_key,
+    serialize_error,
+)
+
+pytestmark = [pytest.mark.core, pytest.mark.timeout(5)]
+
+
+def test_rpc_names_are_namekos() -> None:
+    assert rpc_queue_name("orders") == "rpc-orders"
+    assert rpc_routing_key("orders", "total") == "orders.total"
+    assert rpc_binding_key("orders") == "orders.*"
+    assert rpc_reply_queue_name("standalone_rpc_proxy", "u1") == (
+        "rpc.reply-standalone_rpc_proxy-u1"
+    )
+    assert event_exchange_name("payments") == "payments.events"
+
+
+def test_service_pool_queue() -> None:
+    queue = event_queue(
+        "payments", "paid", service_name="orders", method_name="on_paid"
+    )
+    assert queue == EventQueue(
+        name="evt-payments-paid--orders.on_paid",
+        exchange="payments.events",
+        routing_key="paid",
+        durable=True,
+        auto_delete=False,
+        exclusive=False,
+    )
+
+
+def test_singleton_queue_without_reliable_delivery_is_auto_delete() -> None:
+    queue = event_queue(
+        "payments",
+        "paid",
+        service_name="orders",
+        method_name="on_paid",
+        handler_type="singleton",
+        reliable_delivery=False,
+    )
+    assert queue.name == "evt-payments-paid"
+    assert queue.auto_delete
+    assert not queue.exclusive
+
+
+def test_broadcast_queue_names() -> None:
+    stable = event_queue(
+        "payments",
+        "paid",
+        service_name="orders",
+        method_name="on_paid",
+        handler_type=BROADCAST,
+        broadcast_identifier="host-1",
+    )
+    assert stable.name == "evt-payments-paid--orders.on_paid-host-1"
+    assert not stable.exclusive
+    assert not stable.auto_delete
+
+    fresh = event_queue(
+        "payments",
+        "paid",
+        service_name="orders",
+        method_name="on_paid",
+        handler_type=BROADCAST,
+        reliable_delivery=False,
+    )
+    prefix = "evt-payments-paid--orders.on_paid-"
+    assert fresh.name.startswith(prefix)
+    assert len(fresh.name) == len(prefix) + 32
+    assert fresh.exclusive
+    assert fresh.auto_delete
+
+
+def test_broadcast_with_reliable_delivery_needs_an_identifier() -> None:
+    with pytest.raises(ValueError, match="broadcast_identifier"):
+        event_queue(
+            "payments",
+            "paid",
+            service_name="orders",
+            method_name="on_paid",
+            handler_type=BROADCAST,
+        )
+
+
+def test_unknown_handler_type() -> None:
+    with pytest.raises(ValueError, match="everyone"):
+        event_queue(
+            "a", "b", service_name="c", method_name="d", handler_type="everyone"
+        )
+    assert SERVICE_POOL == "service_pool"
+    assert SINGLETON == "singleton"
+
+
+def test_call_ids() -> None:
+    call_id = new_call_id("orders", "total")
+    service, method, rest = call_id.split(".", 2)
+    assert (service, method) == ("orders", "total")
+    uuid.UUID(rest)
+
+    parents = [f"p{i}" for i in range(12)]
+    stack = call_id_stack(parents, "me")
+    assert stack == [*parents[-10:], "me"]
+    assert call_id_stack([], "me", tracked=0) == ["me"]
+
+    assert backoff_call_id_stack(["a", "b"]) == ["a", "b.backoff"]
+    assert backoff_call_id_stack([]) == []
+
+
+def test_context_headers_round_trip() -> None:
+    headers = context_headers(
+        {"call_id_stack": ["x.y.1"], "user_id": "u", "language": None}
+    )
+    assert headers == {"nameko.call_id_stack": ["x.y.1"], "nameko.user_id": "u"}
+
+    data = context_data(
+        {**headers, "backoff": 10, "nameko.call_id_stack": ["a", b"b", 3]}
+    )
+    assert data == {"call_id_stack": ["a", "b"], "user_id": "u", "backoff": 10}
+    assert context_data(None) == {"call_id_stack": []}
+    assert context_data({"nameko.call_id_stack": "not a list"})["call_id_stack"] == []
+
+
+def test_outgoing_headers_outside_and_inside_a_handler() -> None:
+    outside = outgoing_headers("client", "call", {"user_id": "u"})
+    assert outside["nameko.user_id"] == "u"
+    (only,) = outside["nameko.call_id_stack"]
+    assert only.startswith("client.call.")
+
+    handling = CallContext(
+        service="orders",
+        method="total",
+        call_id_stack=tuple(f"c{i}" for i in range(11)),
+        data={"language": "en"},
+        headers={"backoff-retries": 2},
+    )
+    assert handling.call_id == "c10"
+    assert handling.retries == 2
+    token = _current.set(handling)
+    try:
+        assert current_call() is handling
+        inside = outgoing_headers("client", "call", tracked=3)
+    finally:
+        _current.reset(token)
+    assert current_call() is None
+    assert inside == {
+        "nameko.language": "en",
+        "nameko.call_id_stack": ["c7", "c8", "c9", "c10"],
+    }
+
+
+def test_json_with_kombus_envelopes() -> None:
+    value = {
+        "when": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "day": date(2024, 1, 2),
+        "at": time(3, 4, 5),
+        "price": Decimal("1.10"),
+        "id": uuid.UUID(int=7),
+        "text": b"caf\xc3\xa9",
+        "raw": b"\xff\x00",
+        "plain": [1, "two", None],
+        "lookalike": {"__type__": "unknown", "__value__": 1},
+    }
+    body = dumps(value)
+    assert b'"__type__": "datetime"' in body
+    assert b'"__type__": "base64"' in body
+    assert loads(body) == {**value, "text": "café".encode()}
+    assert loads(body.decode()) == loads(body)
+    with pytest.raises(TypeError, match="object"):
+        dumps(object())
+
+
+def test_request_round_trip() -> None:
+    assert decode_request(encode_request((1, 2), {"x": 3})) == ([1, 2], {"x": 3})
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "missing"),
+        (b'{"args": []}', "missing"),
+        (b'{"args": {}, "kwargs": {}}', "must be a list"),
+        (b'{"args": [], "kwargs": []}', "must be a list"),
+    ],
+)
+def test_malformed_requests(body: bytes, match: str) -> None:
+    with pytest.raises(MalformedRequest, match=match) as caught:
+        decode_request(body)
+    assert caught.value.exc_path == "nameko.exceptions.MalformedRequest"
+    assert serialize_error(caught.value)["exc_type"] == "MalformedRequest"
+
+
+def test_reply_round_trip() -> None:
+    assert decode_reply(encode_reply({"total": 3})) == {"total": 3}
+    assert decode_reply(b'{"result": null, "error": null}') is None
+
+
+def test_unserializable_result_becomes_namekos_error() -> None:
+    class Odd:
+        def __repr__(self) -> str:
+            return "<odd>"
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError
+
+    with pytest.raises(RemoteError, match="Unserializable value: `<odd>`") as caught:
+        decode_reply(encode_reply(Odd()))
+    assert caught.value.exc_path == "nameko.exceptions.UnserializableValueError"
+    assert caught.value.exc_args == []
+    with pytest.raises(RemoteError, match=r"\[__repr__ failed\]"):
+        decode_reply(encode_reply(Broken()))
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [(b"<html>", "not JSON"), (b"{}", "neither"), (b"[1]", "neither")],
+)
+def test_malformed_replies(body: bytes, match: str) -> None:
+    with pytest.raises(RemoteError, match=match) as caught:
+        decode_reply(body)
+    assert caught.value.exc_type == "MalformedReply"
+
+
+def test_serialize_error_like_nameko() -> None:
+    class Weird:
+        def __str__(self) -> str:
+            raise RuntimeError
+
+    error = ValueError("bad", {"k": (1, 2)}, Weird())
+    data = serialize_error(error)
+    assert data == {
+        "exc_type": "ValueError",
+        "exc_path": "builtins.ValueError",
+        "exc_args": ["bad", {"k": ["1", "2"]}, "[__unicode__ failed]"],
+        "value": str(error),
+    }
+
+
+def test_expired_is_remote_expired_and_a_backoff_expired() -> None:
+    try:
+        raise backoff_class(limit=3)().expired(3)
+    except Backoff.Expired as expired:
+        data = serialize_error(expired)
+    assert data["exc_type"] == "Expired"
+    assert data["exc_path"] == f"{Backoff.Expired.__module__}.Expired"
+
+    with pytest.raises(Backoff.Expired) as caught:
+        decode_reply(encode_reply(error=data))
+    error = caught.value
+    assert isinstance(error, RemoteExpired)
+    assert isinstance(error, RemoteError)
+    assert error.limit == error.retries == 3
+    assert str(error) == f"Expired {data['value']}"
+
+    # relayed by a service that called the expired one, as nameko relays it
+    relayed = serialize_error(error)
+    assert relayed["exc_type"] == "RemoteError"
+    assert relayed["exc_path"] == "nameko.exceptions.RemoteError"
+    assert relayed["value"] == f"Expired {data['value']}"
+    assert type(remote_error(relayed)) is RemoteError
+
+
+def test_upstream_expired_without_the_usual_message() -> None:
+    error = remote_error(
+        {"exc_type": "Expired", "exc_path": "nameko_amqp_retry.backoff.Expired"}
+    )
+    assert isinstance(error, RemoteExpired)
+    assert error.value == ""
+    assert error.limit == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [
+        ("MethodNotFound", MethodNotFound),
+        ("MalformedRequest", MalformedRequest),
+        ("IncorrectSignature", IncorrectSignature),
+    ],
+)
+def test_namekos_own_errors(kind: str, cls: type[RemoteError]) -> None:
+    data = protocol_error(kind, "nope")
+    assert data == {
+        "exc_type": kind,
+        "exc_path": f"nameko.exceptions.{kind}",
+        "exc_args": ["nope"],
+        "value": "nope",
+    }
+    error = remote_error(data)
+    assert type(error) is cls
+    assert serialize_error(nameko_error(cls, "nope")) == data
+    assert serialize_error(error) == data  # relayed as itself
+
+
+def test_remote_error_tolerates_odd_fields() -> None:
+    error = remote_error({"exc_type": 3, "value": 4, "exc_args": "x"})
+    assert type(error) is RemoteError
+    assert error.exc_type is None
+    assert error.value == "4"
+    assert error.exc_args == []
+    assert remote_error({}).value == ""
+
+
+def test_unknown_service_says_what_to_do() -> None:
+    error = UnknownService("ghost")
+    assert error.service == "ghost"
+    assert "start the service" in str(error)
