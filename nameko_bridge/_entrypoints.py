@@ -32,7 +32,7 @@ from typing import Any, Literal
 import aio_backoff
 
 from ._compat import message_settler
-from .backoff import Backoff
+from .backoff import Backoff, as_nameko_expired
 from .constants import CALL_ID_STACK_HEADER_KEY
 
 __all__ = [
@@ -117,7 +117,8 @@ def retry_later(
     """Publish the delayed copy and ack ``message``; or say that retries are spent.
 
     Returns None once the copy is placed and the original acked, or the
-    ``Backoff.Expired`` exc_info (message not settled) when the limit is reached.
+    ``nameko_bridge.Backoff.Expired`` exc_info (message not settled) when the limit
+    is reached, whichever ``Backoff`` was raised.
     If the copy cannot be placed, the original is requeued and the error raised.
     """
     settler = message_settler(entrypoint)
@@ -125,10 +126,9 @@ def retry_later(
         entrypoint.backoff_publisher.republish(
             backoff, message, target_queue, headers=headers
         )
-    except aio_backoff.Backoff.Expired as expired:
-        log.warning(
-            "retries spent for a message of queue %r: %s", target_queue, expired
-        )
+    except aio_backoff.Backoff.Expired as spent:
+        log.warning("retries spent for a message of queue %r: %s", target_queue, spent)
+        expired = as_nameko_expired(spent)
         return type(expired), expired, expired.__traceback__
     except BaseException:
         log.exception(

@@ -67,13 +67,42 @@ class Backoff(aio_backoff.Backoff):
     The same exception as :class:`aio_backoff.Backoff` (this is a subclass; an
     ``aio_backoff.Backoff`` raised in an entrypoint works as well), with the jitter
     drawn from this module's ``random``, so that patching
-    ``nameko_bridge.backoff.random`` controls it. ``Backoff.Expired`` is the one
-    class of the core.
+    ``nameko_bridge.backoff.random`` controls it.
     """
+
+    class Expired(aio_backoff.Backoff.Expired):
+        """The core's ``Backoff.Expired`` under the name nameko-amqp-retry gave it.
+
+        A subclass, so ``except aio_backoff.Backoff.Expired`` catches it; its own
+        name (``nameko_bridge.backoff.Backoff.Expired``) is what tracebacks print
+        and what an RPC caller's ``RemoteError.exc_path`` says
+        (``nameko_bridge.backoff.Expired``), as they did with the old import path.
+        Every nameko entrypoint reports this class, also for an ``aio_backoff.Backoff``
+        raised in it (see :func:`as_nameko_expired`).
+        """
 
     @classmethod
     def _gauss(cls, mu: float, sigma: float) -> float:
         return random.gauss(mu, sigma)
+
+
+def as_nameko_expired(expired: aio_backoff.Backoff.Expired) -> Backoff.Expired:
+    """``expired`` as a :class:`Backoff.Expired` of this module.
+
+    Returned unchanged when it already is one; otherwise (the core's class, from an
+    ``aio_backoff.Backoff`` raised in a nameko entrypoint) a copy with the same
+    message, attributes, cause chain and traceback.
+    """
+    if isinstance(expired, Backoff.Expired):
+        return expired
+    converted = Backoff.Expired(*expired.args)
+    converted.retries = expired.retries
+    converted.limit = expired.limit
+    converted.max_delay_ms = expired.max_delay_ms
+    converted.__cause__ = expired.__cause__
+    converted.__context__ = expired.__context__
+    converted.__suppress_context__ = expired.__suppress_context__
+    return converted.with_traceback(expired.__traceback__)
 
 
 def _expiration_seconds(delay_ms: int) -> float:

@@ -20,9 +20,9 @@ from ._entrypoints import (
     retry_headers,
     retry_later,
 )
-from .backoff import BackoffPublisher
+from .backoff import Backoff, BackoffPublisher
 
-__all__ = ["Consumer", "consume"]
+__all__ = ["Backoff", "Consumer", "consume"]
 
 
 class Consumer(NamekoConsumer):  # type: ignore[misc]

@@ -25,10 +25,10 @@ from ._entrypoints import (
     retry_headers,
     retry_later,
 )
-from .backoff import BackoffPublisher
+from .backoff import Backoff, BackoffPublisher
 from .constants import RPC_METHOD_ID_HEADER_KEY
 
-__all__ = ["Rpc", "RpcConsumer", "rpc"]
+__all__ = ["Backoff", "Rpc", "RpcConsumer", "rpc"]
 
 
 class RpcConsumer(NamekoRpcConsumer):  # type: ignore[misc]
