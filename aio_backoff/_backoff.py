@@ -18,6 +18,27 @@ from ._topology import DEFAULT_EXCHANGE, MAX_DELAY_MS
 __all__ = ["Backoff", "backoff_class"]
 
 
+_CHECKED_TUPLES: dict[int, tuple[tuple[float, ...], Schedule]] = {}
+"""``id(schedule) -> (schedule, sequence(schedule))`` for tuple schedules: a tuple of
+numbers cannot change, so it is checked once, not on every retry. Holding the tuple
+keeps its id from being reused while it is here."""
+
+_CHECKED_TUPLES_MAX = 256
+"""Entries kept before the cache starts over (schedules are usually class constants)."""
+
+
+def _checked_tuple(schedule: tuple[float, ...]) -> Schedule:
+    """``sequence(schedule)``, built and checked once per tuple."""
+    entry = _CHECKED_TUPLES.get(id(schedule))
+    if entry is not None:  # the entry holds the tuple: no other object has its id
+        return entry[1]
+    checked = sequence(schedule)  # raises for a bad item, naming its position
+    if len(_CHECKED_TUPLES) >= _CHECKED_TUPLES_MAX:
+        _CHECKED_TUPLES.clear()
+    _CHECKED_TUPLES[id(schedule)] = (schedule, checked)
+    return checked
+
+
 class _HasHeaders(Protocol):
     @property
     def headers(self) -> Mapping[str, Any] | None: ...
@@ -90,6 +111,8 @@ class Backoff(Exception):
         ``get_next_schedule_item = staticmethod(exponential(100, cap_ms=5000))``.
         """
         schedule = cls.schedule
+        if type(schedule) is tuple:
+            return _checked_tuple(schedule)(index)
         if callable(schedule):
             return schedule(index)
         if isinstance(schedule, str | bytes) or not isinstance(schedule, Sequence):
@@ -104,6 +127,8 @@ class Backoff(Exception):
     def effective_limit(cls) -> int | None:
         """``limit`` checked, with 0 read as None (retry forever)."""
         limit = cls.limit
+        if type(limit) is int and limit > 0:  # the usual case, checked fast
+            return limit
         if limit is None or (limit == 0 and not isinstance(limit, bool)):
             return None
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -169,18 +194,21 @@ class Backoff(Exception):
             delay = int(min(self.delay_ms, MAX_DELAY_MS))
         else:
             scheduled = self.get_next_schedule_item(retries)
-            if isinstance(scheduled, bool) or not isinstance(scheduled, int | float):
-                msg = (
-                    f"{type(self).__name__}.get_next_schedule_item({retries}) must "
-                    f"return a number of ms, got {scheduled!r}"
-                )
-                raise TypeError(msg)
-            if math.isnan(scheduled):
-                msg = (
-                    f"{type(self).__name__}.get_next_schedule_item({retries}) "
-                    "returned NaN"
-                )
-                raise ValueError(msg)
+            if type(scheduled) is not int:  # a plain int needs neither check
+                if isinstance(scheduled, bool) or not isinstance(
+                    scheduled, int | float
+                ):
+                    msg = (
+                        f"{type(self).__name__}.get_next_schedule_item({retries}) "
+                        f"must return a number of ms, got {scheduled!r}"
+                    )
+                    raise TypeError(msg)
+                if math.isnan(scheduled):
+                    msg = (
+                        f"{type(self).__name__}.get_next_schedule_item({retries}) "
+                        "returned NaN"
+                    )
+                    raise ValueError(msg)
             scheduled = max(-MAX_DELAY_MS, min(scheduled, MAX_DELAY_MS))
             delay = gauss_jitter(
                 scheduled,

@@ -94,6 +94,13 @@ class RetryPolicy:
         requeue_on_error: bool | None = None,
     ) -> RetryPolicy:
         """This policy with the given (non-``None``) settings replaced."""
+        if (
+            backoff is None
+            and retry_for is None
+            and on_expired is None
+            and requeue_on_error is None
+        ):
+            return self  # frozen: nothing to copy (the usual case, once a message)
         changes: dict[str, Any] = {
             "backoff": backoff,
             "retry_for": None if retry_for is None else tuple(retry_for),
@@ -129,18 +136,28 @@ def _queue_name(queue: AbstractQueue | str) -> str:
 class _Processing:
     """The ``async with retrier.process(message, queue=...)`` context."""
 
+    __slots__ = ("_source", "message", "policy", "queue", "retrier")
+
     def __init__(
         self,
         retrier: Retrier,
         message: AbstractIncomingMessage,
         queue: AbstractQueue | str,
         policy: RetryPolicy,
+        queue_name: str | None = None,
     ) -> None:
+        """``queue_name`` is ``_queue_name(queue)`` when the caller has it already."""
         self.retrier = retrier
         self.message = message
-        self.queue = _queue_name(queue)
-        self.queue_arguments = None if isinstance(queue, str) else queue.arguments
+        self.queue = _queue_name(queue) if queue_name is None else queue_name
+        self._source = queue
         self.policy = policy
+
+    @property
+    def queue_arguments(self) -> dict[str, Any] | None:
+        """The arguments of the queue the message came from, if known."""
+        source = self._source
+        return None if isinstance(source, str) else source.arguments
 
     async def __aenter__(self) -> AbstractIncomingMessage:
         return self.message
@@ -365,7 +382,7 @@ class Retrier:
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             try:
-                async with _Processing(self, message, queue, policy):
+                async with _Processing(self, message, queue, policy, name):
                     await handler(message)
             except Backoff.Expired:
                 log.exception(

@@ -17,6 +17,32 @@ from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, DelayQueue
 
 __all__ = ["RetryPlan", "plan_retry"]
 
+_DELAY_QUEUES: dict[tuple[int, str, int], DelayQueue] = {}
+"""Checked delay queues by ``(delay_ms, exchange, grace_ms)``: a busy consumer plans
+the same few delays over and over."""
+
+_DELAY_QUEUES_MAX = 1024
+"""Entries kept before the cache starts over (jittered delays can be many)."""
+
+
+def _delay_queue(delay_ms: int, exchange: str, grace_ms: int) -> DelayQueue:
+    """``DelayQueue(delay_ms, exchange, grace_ms)``, checked once per distinct key."""
+    if (
+        type(delay_ms) is not int
+        or type(grace_ms) is not int
+        or type(exchange) is not str
+    ):
+        # True == 1 and 10.0 == 10 would find another key's queue: build it as given
+        return DelayQueue(delay_ms=delay_ms, exchange=exchange, grace_ms=grace_ms)
+    key = (delay_ms, exchange, grace_ms)
+    queue = _DELAY_QUEUES.get(key)
+    if queue is None:
+        queue = DelayQueue(delay_ms=delay_ms, exchange=exchange, grace_ms=grace_ms)
+        if len(_DELAY_QUEUES) >= _DELAY_QUEUES_MAX:
+            _DELAY_QUEUES.clear()
+        _DELAY_QUEUES[key] = queue
+    return queue
+
 
 @dataclass(frozen=True)
 class RetryPlan:
@@ -67,6 +93,6 @@ def plan_retry(
         retry_number=retries + 1,
         limit=backoff.effective_limit(),
         routing_key=target_queue,
-        delay_queue=DelayQueue(delay_ms=delay, exchange=exchange, grace_ms=grace_ms),
+        delay_queue=_delay_queue(delay, exchange, grace_ms),
         headers=delayed_headers(headers, delay_ms=delay, retries=retries + 1),
     )

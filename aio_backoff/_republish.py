@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import aiormq
@@ -52,6 +51,9 @@ log = logging.getLogger("aio_backoff").getChild("republish")
 
 _PROPERTY_NAMES = {"type": "message_type"}
 """aio-pika attribute name -> AMQP property name, where they differ."""
+
+_KEPT = tuple((name, _PROPERTY_NAMES.get(name, name)) for name in KEPT_PROPERTIES)
+"""``KEPT_PROPERTIES`` as (aio-pika attribute, AMQP property) name pairs."""
 
 
 class CopyNotPlaced(Exception):
@@ -98,7 +100,7 @@ class DelayedPublisher:
         self.lease_book = LeaseBook() if lease_book is None else lease_book
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._open_lock = asyncio.Lock()
-        self._in_flight: dict[str, asyncio.Event] = {}
+        self._in_flight: dict[str, asyncio.Event | None] = {}
         self._renewing: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- channel ---------------------------------------------------------------
@@ -128,21 +130,32 @@ class DelayedPublisher:
         if channel is not None and not channel.is_closed:
             await channel.close()
 
-    @asynccontextmanager
-    async def _one_at_a_time(self, message_id: str | None) -> AsyncIterator[None]:
-        """Serialise publishes of one ``message_id`` (aiormq matches returns by it)."""
+    async def _claim(self, message_id: str | None) -> None:
+        """Wait until no other copy of ``message_id`` is in flight, then claim it.
+
+        Publishes of one ``message_id`` are serialised because aiormq matches a
+        returned copy to its publish by it (a copy without one gets a random one
+        from aiormq: nothing to claim). Pair with :meth:`_release`. The event a
+        waiter needs is made by the first waiter, so an uncontended claim (the
+        usual case) costs a dict entry and nothing else.
+        """
         if not message_id:
-            yield
             return
-        while (busy := self._in_flight.get(message_id)) is not None:
+        in_flight = self._in_flight
+        while message_id in in_flight:
+            busy = in_flight[message_id]
+            if busy is None:
+                busy = in_flight[message_id] = asyncio.Event()
             await busy.wait()
-        done = asyncio.Event()
-        self._in_flight[message_id] = done
-        try:
-            yield
-        finally:
-            del self._in_flight[message_id]
-            done.set()
+        in_flight[message_id] = None
+
+    def _release(self, message_id: str | None) -> None:
+        """End the claim :meth:`_claim` made and wake whoever waits for it."""
+        if not message_id:
+            return
+        busy = self._in_flight.pop(message_id)
+        if busy is not None:
+            busy.set()
 
     # -- what a copy looks like ------------------------------------------------
 
@@ -173,10 +186,7 @@ class DelayedPublisher:
         aio-pika reports an absent priority as 0 and an absent delivery mode as 1
         (not persistent); the copy carries those values explicitly.
         """
-        kept = {
-            _PROPERTY_NAMES.get(name, name): getattr(message, name)
-            for name in KEPT_PROPERTIES
-        }
+        kept = {amqp: getattr(message, name) for name, amqp in _KEPT}
         mode = kept["delivery_mode"]
         kept["delivery_mode"] = None if mode is None else int(mode)
         return aiormq.spec.Basic.Properties(
@@ -254,12 +264,16 @@ class DelayedPublisher:
         )
         failure: Exception | None = None
         reason = ""
-        async with self._one_at_a_time(properties.message_id):
+        message_id = properties.message_id
+        await self._claim(message_id)
+        try:
             for attempt in (1, 2):
                 try:
                     if attempt == 2 or self.lease_book.needs_declare(queue):
                         await self._renew_lease(queue, force=attempt == 2)
-                    channel = await self._publishing_channel()
+                    channel = self._channel
+                    if channel is None or channel.is_closed:
+                        channel = await self._publishing_channel()
                     await channel.basic_publish(
                         message.body,
                         exchange=queue.exchange,
@@ -296,6 +310,8 @@ class DelayedPublisher:
                         reason,
                         queue.name,
                     )
+        finally:
+            self._release(message_id)
         raise self._not_placed(plan, f"{reason}, also after a fresh declare") from (
             failure
         )
@@ -344,23 +360,26 @@ class DelayedPublisher:
             headers=parked_headers(message.headers, error=str(error), queue=queue),
             expiration=None,
         )
-        async with self._one_at_a_time(properties.message_id):
-            try:
-                channel = await self._publishing_channel()
-                await channel.queue_declare(parking, durable=True)
-                await channel.basic_publish(
-                    message.body,
-                    exchange="",
-                    routing_key=parking,
-                    properties=properties,
-                    mandatory=True,
-                )
-            except (DeliveryError, AMQPChannelError) as failure:
-                msg = (
-                    f"could not park a message from queue {queue!r} in {parking!r}: "
-                    f"{failure!r}. Put the original back on its queue and check "
-                    f"that {parking!r} can be declared as a durable queue."
-                )
-                raise CopyNotPlaced(msg) from failure
+        message_id = properties.message_id
+        await self._claim(message_id)
+        try:
+            channel = await self._publishing_channel()
+            await channel.queue_declare(parking, durable=True)
+            await channel.basic_publish(
+                message.body,
+                exchange="",
+                routing_key=parking,
+                properties=properties,
+                mandatory=True,
+            )
+        except (DeliveryError, AMQPChannelError) as failure:
+            msg = (
+                f"could not park a message from queue {queue!r} in {parking!r}: "
+                f"{failure!r}. Put the original back on its queue and check "
+                f"that {parking!r} can be declared as a durable queue."
+            )
+            raise CopyNotPlaced(msg) from failure
+        finally:
+            self._release(message_id)
         log.debug("parked a message from queue %r in %r", queue, parking)
         return parking

@@ -156,13 +156,16 @@ class Raw:
     async def setup(self) -> None:
         self.channel = await self.connection.channel(publisher_confirms=True)
         await self.channel.set_qos(prefetch_count=self.prefetch)
+        # durable, like the library's exchange and delay queue, so that the broker
+        # does the same work for both sides
         self.exchange: AbstractExchange = await self.channel.declare_exchange(
-            unique("raw-delay"), aio_pika.ExchangeType.HEADERS
+            unique("raw-delay"), aio_pika.ExchangeType.HEADERS, durable=True
         )
         # the same arguments as the library's delay queue, less x-expires: nothing
         # here renews a lease (publishing does not count as use)
         self.delay: AbstractQueue = await self.channel.declare_queue(
             f"{self.exchange.name}--{DELAY_MS}ms",
+            durable=True,
             arguments={"x-dead-letter-exchange": ""},
         )
         await self.delay.bind(

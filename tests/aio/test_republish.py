@@ -257,6 +257,29 @@ async def test_lease_older_than_half_the_grace_is_renewed_before_publishing(
     assert retried_warnings(caplog) == []  # declared before publishing: no return
 
 
+async def test_a_closed_publisher_with_a_fresh_lease_opens_its_channel_again(
+    channel: AbstractChannel, target: AbstractQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = DelayedPublisher(channel)
+    policy = fast_backoff(schedule=(41,))
+    await publish(channel, target.name, b"one")
+    await publisher.retry(await get_one(target), policy(), target_queue=target.name)
+    first = await get_one(target)
+    await publisher.close()
+    # the lease is still fresh: the next publish declares nothing, only opens
+    assert not publisher.lease_book.needs_declare(delay_queue(41))
+
+    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
+        await publisher.retry(first, policy(), target_queue=target.name)
+    second = await get_one(target)
+    await second.ack()
+    await publisher.close()
+
+    assert second.body == b"one"
+    assert second.headers[RETRIES_HEADER] == 2
+    assert retried_warnings(caplog) == []
+
+
 async def test_copies_sharing_a_message_id_are_all_placed(
     channel: AbstractChannel, target: AbstractQueue
 ) -> None:

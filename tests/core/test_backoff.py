@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from aio_backoff import (
     MAX_DELAY_MS,
     Backoff,
+    _backoff,
     as_backoff,
     backoff_class,
     exponential,
@@ -508,6 +510,51 @@ def test_bad_settings_give_clear_errors(
     with pytest.raises(error) as caught:
         cls().compute_next(1)
     assert text in str(caught.value)
+
+
+def test_a_limit_of_an_int_subclass_is_kept() -> None:
+    class Retries(enum.IntEnum):
+        FEW = 3
+
+    cls = backoff_class(limit=Retries.FEW, random_sigma=0, name="Few")
+    assert cls.effective_limit() is Retries.FEW
+    assert cls().compute_next(2) == 3000
+    with pytest.raises(Backoff.Expired):
+        cls().compute_next(3)
+
+
+def test_a_tuple_schedule_reads_like_the_same_list() -> None:
+    items = [100, 250.5, -300]
+    as_tuple = backoff_class(schedule=tuple(items), random_sigma=0, name="T")
+    as_list = backoff_class(schedule=list(items), random_sigma=0, name="L")
+    for index in (0, 1, 2, 3, 10**9):
+        item = as_tuple.get_next_schedule_item(index)
+        assert item == as_list.get_next_schedule_item(index)
+        assert type(item) is type(as_list.get_next_schedule_item(index))
+    with pytest.raises(ValueError, match="schedule index must be 0 or more"):
+        as_tuple.get_next_schedule_item(-1)
+
+
+def test_a_bad_tuple_schedule_fails_on_every_retry() -> None:
+    """A bad tuple is never taken as checked: each plan names the bad item."""
+    cls = backoff_class(schedule=(100, 200, "x"), random_sigma=0, name="Bad")
+    for _ in range(2):
+        with pytest.raises(TypeError, match="schedule item 2 must be a number"):
+            cls().compute_next(0)
+
+
+def test_checked_tuple_schedules_are_kept_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_backoff, "_CHECKED_TUPLES", {})
+    monkeypatch.setattr(_backoff, "_CHECKED_TUPLES_MAX", 3)
+    schedules = [(10 * n, 20 * n) for n in range(1, 6)]
+    for n, schedule in enumerate(schedules, start=1):
+        cls = backoff_class(schedule=schedule, random_sigma=0, name=f"S{n}")
+        assert cls().compute_next(0) == 10 * n
+        assert cls().compute_next(5) == 20 * n  # the checked schedule is reused
+        assert len(_backoff._CHECKED_TUPLES) <= 3
+    assert list(_backoff._CHECKED_TUPLES.values())[-1][0] is schedules[-1]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from aio_backoff import (
     Backoff,
     DelayQueue,
     RetryPlan,
+    _plan,
     backoff_class,
     plan_retry,
     retries_done,
@@ -202,3 +203,46 @@ def test_the_worked_example_of_docs_protocol_md() -> None:
         "backoff-error": "Backoff aborted after '3' retries (~6 seconds)",
         "backoff-queue": "orders",
     }
+
+
+def test_plans_for_one_delay_share_one_checked_delay_queue() -> None:
+    first = plan_retry(Steady(), {}, target_queue="orders", exchange="ex", grace_ms=900)
+    again = plan_retry(Steady(), {}, target_queue="other", exchange="ex", grace_ms=900)
+    other = plan_retry(Steady(), {}, target_queue="orders", exchange="ex", grace_ms=901)
+    assert first.delay_queue is again.delay_queue
+    assert other.delay_queue == DelayQueue(delay_ms=100, exchange="ex", grace_ms=901)
+    assert other.delay_queue is not first.delay_queue
+
+
+def test_a_delay_that_is_not_an_int_is_still_refused() -> None:
+    """``True == 1``: a cached queue for 1 ms must not stand in for ``True``."""
+
+    class BoolDelay(Backoff):
+        def compute_next(self, retries: int) -> int:
+            return True
+
+    one_ms_backoff = backoff_class(schedule=(1,), random_sigma=0)()
+    one_ms = plan_retry(one_ms_backoff, {}, target_queue="q")
+    assert one_ms.delay_queue.delay_ms == 1
+    for _ in range(2):
+        with pytest.raises(TypeError, match="whole number of ms, got True"):
+            plan_retry(BoolDelay(), {}, target_queue="q")
+
+
+def test_a_bad_grace_period_is_refused_on_every_plan() -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError, match="grace period must be a whole number"):
+            plan_retry(Steady(), {}, target_queue="q", grace_ms=0)
+
+
+def test_checked_delay_queues_are_kept_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_plan, "_DELAY_QUEUES", {})
+    monkeypatch.setattr(_plan, "_DELAY_QUEUES_MAX", 2)
+    for delay in (10, 20, 30, 40, 50):
+        backoff = backoff_class(schedule=(delay,), random_sigma=0)()
+        plan = plan_retry(backoff, {}, target_queue="q")
+        assert plan.delay_queue == DelayQueue(delay_ms=delay)
+        assert len(_plan._DELAY_QUEUES) <= 2
+    assert list(_plan._DELAY_QUEUES.values())[-1] is plan.delay_queue
