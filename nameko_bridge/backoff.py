@@ -17,13 +17,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from amqp.exceptions import NotFound  # type: ignore[import-untyped]
+from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
+from kombu.exceptions import ChannelError
+from kombu.pools import producers
 from nameko.amqp.publish import Publisher, UndeliverableMessage
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY,
     AMQP_URI_CONFIG_KEY,
     DEFAULT_RETRY_POLICY,
+    DEFAULT_TRANSPORT_OPTIONS,
     LOGIN_METHOD_CONFIG_KEY,
+    PERSISTENT,
 )
 from nameko.extensions import SharedExtension
 
@@ -133,8 +138,9 @@ def _copy_properties(message: Any) -> dict[str, Any]:
 class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     """Publishes delayed copies of messages whose entrypoint raised ``Backoff``.
 
-    One per container, shared by its entrypoints. Copies go through nameko's
-    :class:`~nameko.amqp.publish.Publisher` (pooled connections and producers) with
+    One per container, shared by its entrypoints. Copies go out through kombu's
+    producer pool for this container's broker (the pool nameko's
+    :class:`~nameko.amqp.publish.Publisher` uses too, with the same options) with
     ``mandatory`` delivery and publisher confirms. A delay queue is declared only
     when this publisher's :class:`~aio_backoff.LeaseBook` says its last declare is
     older than half the grace period; a copy that comes back unroutable (the queue
@@ -152,6 +158,9 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             name=self.exchange_name, type="headers", durable=True
         )
         self._publisher: Publisher | None = None
+        self._connection: Connection | None = None
+        # (delay ms, exchange, grace ms) -> the kombu queue make_queue() built
+        self._queues: dict[tuple[int, str, int], Queue] = {}
 
     @property
     def exchange(self) -> Exchange:
@@ -174,20 +183,49 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             )
         return self._publisher
 
+    @property
+    def connection(self) -> Connection:
+        """The kombu connection (unopened) whose producer pool publishes the copies.
+
+        Made on first use, with the options nameko's ``Publisher`` would use for
+        this container (so both share one pool); kept, so that a retry does not
+        parse the broker URI again.
+        """
+        if self._connection is None:
+            config = self.container.config
+            self._connection = Connection(  # type: ignore[no-untyped-call]
+                config[AMQP_URI_CONFIG_KEY],
+                transport_options={
+                    **DEFAULT_TRANSPORT_OPTIONS,
+                    "confirm_publish": True,
+                },
+                ssl=config.get(AMQP_SSL_CONFIG_KEY),
+                login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
+            )
+        return self._connection
+
     def make_queue(self, expiration: int) -> Queue:
-        """The kombu queue that holds copies delayed by ``expiration`` ms."""
-        topology = DelayQueue(
-            delay_ms=expiration,
-            exchange=self.exchange.name,
-            grace_ms=EXPIRY_GRACE_PERIOD,
-        )
-        return Queue(  # type: ignore[no-untyped-call]
-            name=topology.name,
-            exchange=self.exchange,
-            binding_arguments=topology.binding_arguments,
-            queue_arguments=topology.arguments,
-            durable=True,
-        )
+        """The kombu queue that holds copies delayed by ``expiration`` ms.
+
+        Built once per delay, exchange and ``EXPIRY_GRACE_PERIOD`` and then reused
+        (kombu binds a copy of it when declaring, never the queue itself).
+        """
+        key = (expiration, self.exchange.name, EXPIRY_GRACE_PERIOD)
+        queue = self._queues.get(key)
+        if queue is None:
+            topology = DelayQueue(
+                delay_ms=expiration,
+                exchange=self.exchange.name,
+                grace_ms=EXPIRY_GRACE_PERIOD,
+            )
+            queue = self._queues[key] = Queue(  # type: ignore[no-untyped-call]
+                name=topology.name,
+                exchange=self.exchange,
+                binding_arguments=topology.binding_arguments,
+                queue_arguments=topology.arguments,
+                durable=True,
+            )
+        return queue
 
     def republish(
         self,
@@ -234,14 +272,13 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             declaring = attempt == 2 or self.lease_book.needs_declare(lease)
             started = self._clock()
             try:
-                self.publisher.publish(
+                self._publish_confirmed(
                     message.body,
-                    exchange=self.exchange,
                     routing_key=plan.routing_key,
                     headers=plan.headers,
                     expiration=_expiration_seconds(plan.delay_ms),
                     declare=[queue] if declaring else [],
-                    **properties,
+                    properties=properties,
                 )
             except (UndeliverableMessage, NotFound) as error:
                 # NotFound: the exchange itself was deleted since we declared it
@@ -272,6 +309,46 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             "docs/protocol.md and that no policy rejects it."
         )
         raise UndeliverableMessage(msg) from failure
+
+    def _publish_confirmed(
+        self,
+        body: Any,
+        *,
+        routing_key: str,
+        headers: dict[str, Any],
+        expiration: float,
+        declare: list[Queue],
+        properties: dict[str, Any],
+    ) -> None:
+        """Publish to :attr:`exchange`, mandatory, and wait for the broker's confirm.
+
+        What ``Publisher.publish`` does for a copy, without rebuilding the kombu
+        connection on each call: a pooled producer, persistent unless
+        ``properties`` say otherwise, retried on connection errors with nameko's
+        ``DEFAULT_RETRY_POLICY``. Raises ``UndeliverableMessage`` when the broker
+        returns the copy as unroutable.
+        """
+        options = {"delivery_mode": PERSISTENT, "priority": 0}
+        options.update(properties)
+        with producers[self.connection].acquire(block=True) as producer:
+            try:
+                producer.publish(
+                    body,
+                    exchange=self.exchange,
+                    routing_key=routing_key,
+                    headers=headers,
+                    expiration=expiration,
+                    declare=declare,
+                    mandatory=True,
+                    serializer="json",
+                    retry=True,
+                    retry_policy=DEFAULT_RETRY_POLICY,
+                    **options,
+                )
+            except ChannelError as error:
+                if "NO_ROUTE" in str(error):
+                    raise UndeliverableMessage from error
+                raise
 
     def park(
         self,

@@ -7,6 +7,8 @@ from typing import Any
 from unittest.mock import Mock, call, patch
 
 import pytest
+from kombu.connection import Connection
+from nameko.constants import AMQP_URI_CONFIG_KEY, DEFAULT_TRANSPORT_OPTIONS
 
 import aio_backoff
 import nameko_bridge
@@ -145,6 +147,33 @@ def test_make_queue_reads_the_grace_period_at_declare_time():
     assert queue.exchange.name == "backoff"
     assert queue.exchange.type == "headers"
     assert queue.durable
+
+
+def test_make_queue_builds_each_delay_queue_once():
+    publisher = BackoffPublisher()
+    queue = publisher.make_queue(50)
+    assert publisher.make_queue(50) is queue
+    assert publisher.make_queue(60).name == "backoff--60ms"
+    with patch.object(nameko_bridge.backoff, "EXPIRY_GRACE_PERIOD", 123):
+        assert publisher.make_queue(50).queue_arguments["x-expires"] == 173
+    assert publisher.make_queue(50) is queue
+
+
+def test_copies_share_the_producer_pool_of_namekos_publisher():
+    """One kombu connection per publisher, made once, with the options nameko's
+    ``Publisher`` uses (confirms on): kombu's pools key on those, so both share
+    one pool of producers and connections."""
+    uri = "pyamqp://guest:guest@broker.invalid:5672/vhost"
+    publisher = BackoffPublisher()
+    publisher.container = SimpleNamespace(config={AMQP_URI_CONFIG_KEY: uri})
+
+    connection = publisher.connection
+    assert publisher.connection is connection
+    assert connection.transport_options["confirm_publish"] is True
+    namekos = Connection(
+        uri, transport_options=dict(DEFAULT_TRANSPORT_OPTIONS, confirm_publish=True)
+    )
+    assert connection.__eqhash__() == namekos.__eqhash__()
 
 
 @pytest.mark.parametrize("delay_ms", [0, 1, 10, 29, 57, 1001, 4_294_967])

@@ -9,6 +9,7 @@ from typing import Any
 from unittest.mock import ANY, patch
 
 import pytest
+from amqp import Message as AmqpMessage  # type: ignore[import-untyped]
 from amqp.exceptions import NotFound, PreconditionFailed
 from kombu.entity import Queue as KombuQueue
 from kombu.messaging import Exchange, Queue
@@ -89,6 +90,48 @@ class TestTopology:
         for delay in set(delays):
             info = queue_info(get_backoff_queue_name(delay))
             assert info.message_count == delays.count(delay)
+
+    @pytest.mark.parametrize(
+        ("sent", "kept"),
+        [
+            ({}, {"delivery_mode": 2, "priority": 0}),
+            (
+                {"delivery_mode": 1, "priority": 3, "message_id": "m-1"},
+                {"delivery_mode": 1, "priority": 3, "message_id": "m-1"},
+            ),
+        ],
+    )
+    def test_the_delayed_copy_on_the_wire(
+        self,
+        delaying_container,
+        queue,
+        rabbit_config,
+        sent,
+        kept,
+    ):
+        """Persistent and priority 0 unless the original said otherwise; the
+        delay as its expiration; the protocol headers."""
+        with (
+            get_connection(rabbit_config["AMQP_URI"]) as conn,
+            entrypoint_waiter(delaying_container, "backoff"),
+        ):
+            # py-amqp's own message: no property the test does not name
+            original = AmqpMessage(b"5000", content_type="application/json", **sent)
+            conn.default_channel.basic_publish(original, routing_key=queue.name)
+
+        with get_connection(rabbit_config["AMQP_URI"]) as conn:
+            channel = conn.default_channel
+            # basic.get, not a consumer: that would declare the queue without its
+            # arguments and fail
+            raw = channel.basic_get(get_backoff_queue_name(5000), no_ack=True)
+            copy = channel.message_to_python(raw)
+        assert copy.decode() == 5000
+        assert copy.properties["expiration"] == "5000"
+        assert copy.content_type == "application/json"
+        for name, value in kept.items():
+            assert copy.properties[name] == value, name
+        assert copy.headers["backoff"] == 5000
+        assert copy.headers["backoff-retries"] == 1
 
     def test_negative_delays_are_made_positive(
         self, container, publish_message, exchange, queue, wait_for_result, queue_info
