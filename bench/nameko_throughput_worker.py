@@ -39,18 +39,17 @@ from nameko.amqp.publish import Publisher, get_connection  # noqa: E402
 from nameko.containers import ServiceContainer  # noqa: E402
 
 DELAY_MS = 10
-GRACE_MS = 5000  # the default of both libraries: same delay queue arguments
 
 
 def delay_queue(exchange: Exchange) -> Queue:
+    """The raw loop's delay queue: name and arguments from the sans-IO core (default
+    grace period, as both libraries declare it), so the three runs share one queue."""
+    topology = importlib.import_module("aio_backoff").DelayQueue(delay_ms=DELAY_MS)
     return Queue(
-        f"backoff--{DELAY_MS}ms",
+        topology.name,
         exchange=exchange,
-        binding_arguments={"backoff": DELAY_MS, "x-match": "any"},
-        queue_arguments={
-            "x-expires": DELAY_MS + GRACE_MS,
-            "x-dead-letter-exchange": "",
-        },
+        binding_arguments=topology.binding_arguments,
+        queue_arguments=topology.arguments,
         durable=True,
     )
 

@@ -99,9 +99,8 @@ def retry_headers(message: Any, worker_ctx: Any) -> dict[str, Any]:
     A new dict and a new list: neither the message nor the worker is changed.
     """
     headers = dict(message.headers or {})
-    stack = list(worker_ctx.call_id_stack)
-    if stack:
-        stack[-1] = f"{stack[-1]}.backoff"
+    stack = list(worker_ctx.call_id_stack)  # never empty: it ends with this call
+    stack[-1] = f"{stack[-1]}.backoff"
     headers[CALL_ID_STACK_HEADER_KEY] = stack
     return headers
 

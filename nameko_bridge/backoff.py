@@ -21,7 +21,7 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import ChannelError
 from kombu.pools import producers
-from nameko.amqp.publish import Publisher, UndeliverableMessage
+from nameko.amqp.publish import UndeliverableMessage
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY,
     AMQP_URI_CONFIG_KEY,
@@ -101,9 +101,7 @@ def as_nameko_expired(expired: aio_backoff.Backoff.Expired) -> Backoff.Expired:
     if isinstance(expired, Backoff.Expired):
         return expired
     converted = Backoff.Expired(*expired.args)
-    converted.retries = expired.retries
-    converted.limit = expired.limit
-    converted.max_delay_ms = expired.max_delay_ms
+    converted.__dict__.update(vars(expired))  # retries, limit, max_delay_ms, notes
     converted.__cause__ = expired.__cause__
     converted.__context__ = expired.__context__
     converted.__suppress_context__ = expired.__suppress_context__
@@ -157,7 +155,6 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         self._exchange = Exchange(  # type: ignore[no-untyped-call]
             name=self.exchange_name, type="headers", durable=True
         )
-        self._publisher: Publisher | None = None
         self._connection: Connection | None = None
         # (delay ms, exchange, grace ms) -> the kombu queue make_queue() built
         self._queues: dict[tuple[int, str, int], Queue] = {}
@@ -166,22 +163,6 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     def exchange(self) -> Exchange:
         """The durable headers exchange delayed copies are published to."""
         return self._exchange
-
-    @property
-    def publisher(self) -> Publisher:
-        """nameko's publisher for this container's broker (made on first use)."""
-        if self._publisher is None:
-            config = self.container.config
-            self._publisher = Publisher(
-                config[AMQP_URI_CONFIG_KEY],
-                ssl=config.get(AMQP_SSL_CONFIG_KEY),
-                login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
-                use_confirms=True,
-                mandatory=True,
-                retry=True,
-                retry_policy=DEFAULT_RETRY_POLICY,
-            )
-        return self._publisher
 
     @property
     def connection(self) -> Connection:
@@ -274,6 +255,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             try:
                 self._publish_confirmed(
                     message.body,
+                    exchange=self.exchange,
                     routing_key=plan.routing_key,
                     headers=plan.headers,
                     expiration=_expiration_seconds(plan.delay_ms),
@@ -314,19 +296,20 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         self,
         body: Any,
         *,
+        exchange: Exchange | str,
         routing_key: str,
         headers: dict[str, Any],
-        expiration: float,
+        expiration: float | None,
         declare: list[Queue],
         properties: dict[str, Any],
     ) -> None:
-        """Publish to :attr:`exchange`, mandatory, and wait for the broker's confirm.
+        """Publish to ``exchange``, mandatory, and wait for the broker's confirm.
 
-        What ``Publisher.publish`` does for a copy, without rebuilding the kombu
-        connection on each call: a pooled producer, persistent unless
-        ``properties`` say otherwise, retried on connection errors with nameko's
-        ``DEFAULT_RETRY_POLICY``. Raises ``UndeliverableMessage`` when the broker
-        returns the copy as unroutable.
+        What nameko's ``Publisher.publish`` does for a copy (delayed or parked),
+        without rebuilding the kombu connection on each call: a pooled producer,
+        persistent unless ``properties`` say otherwise, retried on connection errors
+        with nameko's ``DEFAULT_RETRY_POLICY``. Raises ``UndeliverableMessage`` when
+        the broker returns the copy as unroutable.
         """
         options = {"delivery_mode": PERSISTENT, "priority": 0}
         options.update(properties)
@@ -334,7 +317,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             try:
                 producer.publish(
                     body,
-                    exchange=self.exchange,
+                    exchange=exchange,
                     routing_key=routing_key,
                     headers=headers,
                     expiration=expiration,
@@ -366,7 +349,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         settles ``message``.
         """
         parking = parking_queue_name(queue_name)
-        self.publisher.publish(
+        self._publish_confirmed(
             message.body,
             exchange="",
             routing_key=parking,
@@ -375,8 +358,9 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                 error=str(error),
                 queue=queue_name,
             ),
+            expiration=None,
             declare=[Queue(parking, durable=True)],  # type: ignore[no-untyped-call]
-            **_copy_properties(message),
+            properties=_copy_properties(message),
         )
         log.warning(
             "parked a message from queue %r in %r: %s", queue_name, parking, error

@@ -83,8 +83,8 @@ def entrypoint_retry(
             return wrapped(*args, **kwargs)
         except retry_types as error:
             backoff = as_backoff(error, retry_types, backoff_cls)
-            if backoff is error:
+            if backoff is None or backoff is error:  # None: cannot be, caught above
                 raise
-            raise backoff_cls() from error
+            raise backoff from error
 
     return wrapper

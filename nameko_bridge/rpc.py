@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from nameko.rpc import RPC_QUEUE_TEMPLATE
 from nameko.rpc import Rpc as NamekoRpc
 from nameko.rpc import RpcConsumer as NamekoRpcConsumer
 
@@ -73,12 +72,8 @@ class Rpc(NamekoRpc):  # type: ignore[misc]
         headers.setdefault(
             RPC_METHOD_ID_HEADER_KEY, message.delivery_info["routing_key"]
         )
-        queue = self.rpc_consumer.queue
-        target_queue = (
-            queue.name
-            if queue is not None
-            else RPC_QUEUE_TEMPLATE.format(self.container.service_name)
-        )
+        # rpc-{service}: set up by the RpcConsumer before any request arrives
+        target_queue = self.rpc_consumer.queue.name
         expired = retry_later(
             self, message, backoff, target_queue=target_queue, headers=headers
         )

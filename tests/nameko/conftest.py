@@ -11,7 +11,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn, Protocol, TypeVar
 from unittest.mock import patch
 
 import pytest
@@ -30,6 +30,32 @@ from nameko_bridge.rpc import rpc
 
 BACKOFFS_BEFORE_SUCCESS = 3
 FAST_SCHEDULE = (20, 30, 40)
+
+T = TypeVar("T")
+
+
+class Increments(Protocol):
+    def increment(self) -> int: ...
+
+
+def backs_off(count: Increments, times: int, result: T) -> T:
+    """An entrypoint's body: raise ``Backoff`` on the first ``times`` calls (counted
+    with ``count``), then return ``result``."""
+    if count.increment() <= times:
+        raise Backoff()
+    return result
+
+
+class NotYet(Exception):
+    """The error a handler backs off from, in the chaining tests."""
+
+
+def backoff_from_not_yet(backoff_cls: type[Exception] = Backoff) -> NoReturn:
+    """Raise ``backoff_cls()`` chained from ``NotYet("try again later")``."""
+    try:
+        raise NotYet("try again later")
+    except NotYet as exc:
+        raise backoff_cls() from exc
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -164,22 +190,28 @@ def service_cls(queue: Queue, counter: Counter, backoff_count: int) -> type:
         @consume(queue)
         @event_handler("src_service", "event_type")
         def method(self, payload: Any) -> str:
-            if counter.increment() <= backoff_count:
-                raise Backoff()
-            return "result"
+            return backs_off(counter, backoff_count, "result")
 
     return Service
 
 
 @pytest.fixture
-def container(
-    container_factory: Callable[..., Any],
-    rabbit_config: dict[str, Any],
-    service_cls: type,
-) -> Any:
-    container = container_factory(service_cls, rabbit_config)
-    container.start()
-    return container
+def start_service(
+    container_factory: Callable[..., Any], rabbit_config: dict[str, Any]
+) -> Callable[[type], Any]:
+    """Run a service class in a container of this test's vhost; returns it."""
+
+    def start(service: type) -> Any:
+        container = container_factory(service, rabbit_config)
+        container.start()
+        return container
+
+    return start
+
+
+@pytest.fixture
+def container(start_service: Callable[[type], Any], service_cls: type) -> Any:
+    return start_service(service_cls)
 
 
 class CallTracker:

@@ -36,6 +36,8 @@ from nameko_bridge.decorators import backoff_factory, entrypoint_retry
 from nameko_bridge.messaging import consume
 from nameko_bridge.rpc import rpc
 
+from .conftest import backoff_from_not_yet
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -109,9 +111,7 @@ def expired_deserialized() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("expired_deserialized")
-def test_rpc_caller_rebuilds_expired_from_the_old_exc_path(
-    container_factory, rabbit_config, rpc_proxy
-):
+def test_rpc_caller_rebuilds_expired_from_the_old_exc_path(start_service, rpc_proxy):
     class Service:
         name = "service"
 
@@ -123,7 +123,7 @@ def test_rpc_caller_rebuilds_expired_from_the_old_exc_path(
         def core(self):
             raise CoreBackoff()
 
-    container_factory(Service, rabbit_config).start()
+    start_service(Service)
 
     assert get_module_path(Backoff.Expired) == "nameko_bridge.backoff.Expired"
     for method in (rpc_proxy.service.ours, rpc_proxy.service.core):
@@ -132,26 +132,19 @@ def test_rpc_caller_rebuilds_expired_from_the_old_exc_path(
 
 
 def test_consume_reports_our_expired_for_the_cores_backoff(
-    container_factory, rabbit_config, publish_message, entrypoint_tracker
+    start_service, publish_message, entrypoint_tracker
 ):
     exchange = Exchange("core-messages")
     queue = Queue("core-messages", exchange=exchange, routing_key="core")
-
-    class NotYet(Exception):
-        pass
 
     class Service:
         name = "service"
 
         @consume(queue)
         def handle(self, payload):
-            try:
-                raise NotYet("try again later")
-            except NotYet as exc:
-                raise CoreBackoff() from exc
+            backoff_from_not_yet(CoreBackoff)
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
     def until_expired(worker_ctx, result, exc_info):
         entrypoint_tracker.track(result=result, exc_info=exc_info)

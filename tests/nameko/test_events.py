@@ -10,6 +10,8 @@ from nameko.testing.services import entrypoint_waiter
 from nameko_bridge import Backoff
 from nameko_bridge.events import event_handler
 
+from .conftest import NotYet, backoff_from_not_yet, backs_off
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -45,31 +47,23 @@ def test_event_handler_expires_at_the_limit(
 
 
 def test_backoff_chained_to_its_cause(
-    container_factory,
-    rabbit_config,
+    start_service,
     backoff_count,
     dispatch_event,
     counter,
     entrypoint_tracker,
     wait_for_result,
 ):
-    class NotYet(Exception):
-        pass
-
     class Service:
         name = "service"
 
         @event_handler("src_service", "event_type")
         def method(self, arg):
-            try:
-                if counter.increment() <= backoff_count:
-                    raise NotYet("try again later")
-            except NotYet as exc:
-                raise Backoff() from exc
+            if counter.increment() <= backoff_count:
+                backoff_from_not_yet()
             return "result"
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
     with entrypoint_waiter(container, "method", callback=wait_for_result) as result:
         dispatch_event("src_service", "event_type", {})
@@ -82,28 +76,20 @@ def test_backoff_chained_to_its_cause(
 
 
 def test_expired_chained_to_backoff_and_its_cause(
-    container_factory,
-    rabbit_config,
+    start_service,
     dispatch_event,
     limited_backoff,
     entrypoint_tracker,
     wait_for_backoff_expired,
 ):
-    class NotYet(Exception):
-        pass
-
     class Service:
         name = "service"
 
         @event_handler("src_service", "event_type")
         def method(self, arg):
-            try:
-                raise NotYet("try again later")
-            except NotYet as exc:
-                raise Backoff() from exc
+            backoff_from_not_yet()
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
     with entrypoint_waiter(
         container, "method", callback=wait_for_backoff_expired
@@ -123,10 +109,9 @@ def test_expired_chained_to_backoff_and_its_cause(
 
 def test_multiple_services_handle_the_same_event(
     dispatch_event,
-    container_factory,
+    start_service,
     entrypoint_tracker,
     backoff_count,
-    rabbit_config,
     counter,
     wait_for_result,
 ):
@@ -135,23 +120,17 @@ def test_multiple_services_handle_the_same_event(
 
         @event_handler("src_service", "event_type")
         def method(self, payload):
-            if counter["one"].increment() <= backoff_count:
-                raise Backoff()
-            return "one"
+            return backs_off(counter["one"], backoff_count, "one")
 
     class ServiceTwo:
         name = "service_two"
 
         @event_handler("src_service", "event_type")
         def method(self, payload):
-            if counter["two"].increment() <= backoff_count:
-                raise Backoff()
-            return "two"
+            return backs_off(counter["two"], backoff_count, "two")
 
-    container_one = container_factory(ServiceOne, rabbit_config)
-    container_one.start()
-    container_two = container_factory(ServiceTwo, rabbit_config)
-    container_two.start()
+    container_one = start_service(ServiceOne)
+    container_two = start_service(ServiceTwo)
 
     with (
         entrypoint_waiter(
@@ -172,8 +151,7 @@ def test_multiple_services_handle_the_same_event(
 
 
 def test_multiple_handlers_in_one_service(
-    container_factory,
-    rabbit_config,
+    start_service,
     wait_for_result,
     entrypoint_tracker,
     dispatch_event,
@@ -187,30 +165,25 @@ def test_multiple_handlers_in_one_service(
 
         @event_handler("s1", "e1")
         def a(self, payload):
-            if counter["a"].increment() <= backoff_count:
-                raise Backoff()
-            return "a"
+            return backs_off(counter["a"], backoff_count, "a")
 
         @event_handler("s1", "e2")
         def b(self, payload):
-            if counter["b"].increment() <= backoff_count:
-                raise Backoff()
-            return "b"
+            return backs_off(counter["b"], backoff_count, "b")
 
         @event_handler("s2", "e1")
         def c(self, payload):
-            if counter["c"].increment() <= backoff_count:
-                raise Backoff()
-            return "c"
+            return backs_off(counter["c"], backoff_count, "c")
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
-    for method, source, event_type in (("a", "s1", "e1"), ("b", "s1", "e2")):
+    for method, source, event_type in (
+        ("a", "s1", "e1"),
+        ("b", "s1", "e2"),
+        ("c", "s2", "e1"),
+    ):
         with entrypoint_waiter(container, method, callback=wait_for_result):
             dispatch_event(source, event_type, {})
-    with entrypoint_waiter(container, "c", callback=wait_for_result):
-        dispatch_event("s2", "e1", {})
 
     assert entrypoint_tracker.get_results() == (
         [None] * backoff_count

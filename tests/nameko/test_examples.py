@@ -44,20 +44,9 @@ def test_custom_schedule(rabbit_config):
 
 def test_dynamic_schedule(rabbit_config):
     example = load("nameko_dynamic_schedule")
-    assert [example.DynamicBackoff.get_next_schedule_item(i) for i in range(5)] == [
-        10,
-        20,
-        40,
-        80,
-        80,
-    ]
-    assert [example.HelperBackoff.get_next_schedule_item(i) for i in range(5)] == [
-        10,
-        20,
-        40,
-        80,
-        80,
-    ]
+    for backoff in (example.DynamicBackoff, example.HelperBackoff):
+        schedule = [backoff.get_next_schedule_item(i) for i in range(5)]
+        assert schedule == [10, 20, 40, 80, 80], backoff.__name__
     gaps, expired = example.main(rabbit_config)
     assert len(gaps) == 4
     for gap, scheduled in zip(gaps, (10, 20, 40, 80), strict=True):

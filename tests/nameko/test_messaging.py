@@ -13,6 +13,8 @@ import aio_backoff
 from nameko_bridge import Backoff
 from nameko_bridge.messaging import Consumer, consume
 
+from .conftest import backoff_from_not_yet, backs_off
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -63,12 +65,11 @@ def test_consume_expires_at_the_limit(
 
 
 def test_copies_go_back_only_to_the_queue_that_backed_off(
-    container_factory,
+    start_service,
     exchange,
     wait_for_result,
     publish_message,
     counter,
-    rabbit_config,
     backoff_count,
     queue_info,
 ):
@@ -82,9 +83,7 @@ def test_copies_go_back_only_to_the_queue_that_backed_off(
 
         @consume(queue_one)
         def method(self, payload):
-            if counter["one"].increment() <= backoff_count:
-                raise Backoff()
-            return "one"
+            return backs_off(counter["one"], backoff_count, "one")
 
     class ServiceTwo:
         name = "service_two"
@@ -94,10 +93,8 @@ def test_copies_go_back_only_to_the_queue_that_backed_off(
             counter["two"].increment()
             return "two"
 
-    container_one = container_factory(ServiceOne, rabbit_config)
-    container_one.start()
-    container_two = container_factory(ServiceTwo, rabbit_config)
-    container_two.start()
+    container_one = start_service(ServiceOne)
+    container_two = start_service(ServiceTwo)
 
     with (
         entrypoint_waiter(
@@ -118,7 +115,7 @@ def test_copies_go_back_only_to_the_queue_that_backed_off(
 
 
 def test_other_exceptions_are_handled_as_usual(
-    container_factory, rabbit_config, publish_message, queue, exchange
+    start_service, publish_message, queue, exchange
 ):
     class Boom(Exception):
         pass
@@ -130,8 +127,7 @@ def test_other_exceptions_are_handled_as_usual(
         def handle(self, payload):
             raise Boom()
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
     with entrypoint_waiter(container, "handle") as result:
         publish_message(exchange, "msg", routing_key=queue.routing_key)
@@ -141,7 +137,7 @@ def test_other_exceptions_are_handled_as_usual(
 
 
 def test_requeue_on_error_does_not_duplicate_a_backed_off_message(
-    container_factory, rabbit_config, publish_message, queue, exchange, counter
+    start_service, publish_message, queue, exchange, counter
 ):
     """The original is acked once its delayed copy is placed, also with
     ``requeue_on_error`` (nameko-amqp-retry requeued it as well: a duplicate)."""
@@ -151,12 +147,9 @@ def test_requeue_on_error_does_not_duplicate_a_backed_off_message(
 
         @consume(queue, requeue_on_error=True)
         def handle(self, payload):
-            if counter.increment() == 1:
-                raise Backoff()
-            return "done"
+            return backs_off(counter, 1, "done")
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
     def done(worker_ctx, result, exc_info):
         return result == "done"
@@ -168,8 +161,7 @@ def test_requeue_on_error_does_not_duplicate_a_backed_off_message(
 
 
 def test_expired_message_can_be_parked(
-    container_factory,
-    rabbit_config,
+    start_service,
     publish_message,
     queue,
     exchange,
@@ -183,8 +175,7 @@ def test_expired_message_can_be_parked(
         def handle(self, payload):
             raise Backoff()
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
     def expired(worker_ctx, result, exc_info):
         return exc_info is not None and exc_info[0] is Backoff.Expired
@@ -208,8 +199,7 @@ def test_on_expired_is_checked():
 
 
 def test_expiry_traceback_shows_every_cause(
-    container_factory,
-    rabbit_config,
+    start_service,
     publish_message,
     queue,
     exchange,
@@ -217,21 +207,14 @@ def test_expiry_traceback_shows_every_cause(
     wait_for_backoff_expired,
     entrypoint_tracker,
 ):
-    class NotYet(Exception):
-        pass
-
     class Service:
         name = "service"
 
         @consume(queue)
         def handle(self, payload):
-            try:
-                raise NotYet("try again later")
-            except NotYet as exc:
-                raise Backoff() from exc
+            backoff_from_not_yet()
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
     with entrypoint_waiter(container, "handle", callback=wait_for_backoff_expired):
         publish_message(exchange, "msg", routing_key=queue.routing_key)

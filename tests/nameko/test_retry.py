@@ -45,7 +45,7 @@ def dynamic_backoff(delay: int, limit: int | None = None) -> type[Backoff]:
 
 
 @pytest.fixture
-def delaying_container(container_factory, rabbit_config, queue):
+def delaying_container(start_service, queue):
     """A consumer that backs off each message by the delay in its payload."""
 
     class Service:
@@ -55,9 +55,7 @@ def delaying_container(container_factory, rabbit_config, queue):
         def backoff(self, delay):
             raise dynamic_backoff(delay, limit=1)()
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
-    return container
+    return start_service(Service)
 
 
 @pytest.fixture
@@ -225,8 +223,7 @@ class TestTopology:
 
     def test_concurrent_first_retries_do_not_race_the_declare(
         self,
-        container_factory,
-        rabbit_config,
+        start_service,
         publish_message,
         exchange,
         queue,
@@ -248,8 +245,7 @@ class TestTopology:
                     raise dynamic_backoff(20)()
                 counter.increment()
 
-        container = container_factory(Service, rabbit_config)
-        container.start()
+        container = start_service(Service)
 
         def all_done(worker_ctx, result, exc_info):
             return exc_info is None and counter == 10
@@ -263,9 +259,20 @@ class TestTopology:
 
         assert "unroutable" not in caplog.text
 
-    def test_a_deleted_delay_queue_is_declared_again(
+    @pytest.mark.parametrize(
+        "delete",
+        [
+            pytest.param(
+                lambda conn: Queue("backoff--20ms").bind(conn).delete(), id="queue"
+            ),
+            pytest.param(
+                lambda conn: Exchange("backoff").bind(conn).delete(), id="exchange"
+            ),
+        ],
+    )
+    def test_a_deleted_delay_queue_or_exchange_is_declared_again(
         self,
-        container_factory,
+        start_service,
         rabbit_config,
         publish_message,
         exchange,
@@ -273,9 +280,11 @@ class TestTopology:
         counter,
         caplog,
         declared_queues,
+        delete,
     ):
-        """The copy comes back unroutable (the queue went away behind a fresh
-        lease): declared again and published once more, nothing lost."""
+        """The copy comes back unroutable, or the exchange is not found (either went
+        away behind a fresh lease): declared again and published once more, nothing
+        lost."""
 
         class Service:
             name = "service"
@@ -285,13 +294,12 @@ class TestTopology:
                 calls = counter.increment()
                 if calls == 2:
                     with get_connection(rabbit_config["AMQP_URI"]) as conn:
-                        Queue("backoff--20ms").bind(conn).delete()
+                        delete(conn)
                 if calls <= 2:
                     raise dynamic_backoff(20)()
                 return "done"
 
-        container = container_factory(Service, rabbit_config)
-        container.start()
+        container = start_service(Service)
 
         def done(worker_ctx, result, exc_info):
             return result == "done"
@@ -305,41 +313,6 @@ class TestTopology:
         assert counter == 3
         assert declared_queues.count("backoff--20ms") == 2
         assert "came back unroutable" in caplog.text
-
-    def test_a_deleted_exchange_is_declared_again(
-        self,
-        container_factory,
-        rabbit_config,
-        publish_message,
-        exchange,
-        queue,
-        counter,
-        declared_queues,
-    ):
-        class Service:
-            name = "service"
-
-            @consume(queue)
-            def method(self, payload):
-                calls = counter.increment()
-                if calls == 2:
-                    with get_connection(rabbit_config["AMQP_URI"]) as conn:
-                        Exchange("backoff").bind(conn).delete()
-                if calls <= 2:
-                    raise dynamic_backoff(20)()
-                return "done"
-
-        container = container_factory(Service, rabbit_config)
-        container.start()
-
-        def done(worker_ctx, result, exc_info):
-            return result == "done"
-
-        with entrypoint_waiter(container, "method", callback=done):
-            publish_message(exchange, "msg", routing_key=queue.routing_key)
-
-        assert counter == 3
-        assert declared_queues.count("backoff--20ms") == 2
 
     def test_unroutable_copy_surfaces_and_the_original_is_kept(
         self,
@@ -380,7 +353,7 @@ class TestTopology:
 
 class TestMultipleMessages:
     def test_shorter_delays_overtake_longer_ones(
-        self, container_factory, rabbit_config, counter, entrypoint_tracker, rpc_proxy
+        self, start_service, counter, entrypoint_tracker, rpc_proxy
     ):
         quick_backoff = dynamic_backoff(30)
         slow_backoff = dynamic_backoff(400)
@@ -402,8 +375,7 @@ class TestMultipleMessages:
                     raise quick_backoff()
                 return "quick"
 
-        container = container_factory(Service, rabbit_config)
-        container.start()
+        container = start_service(Service)
 
         def track(worker_ctx, result, exc_info):
             entrypoint_tracker.track(result=result, exc_info=exc_info)
@@ -437,13 +409,11 @@ class CallStack(DependencyProvider):
 
 
 @pytest.fixture
-def stack_container(container_factory, rabbit_config, service_cls):
+def stack_container(start_service, service_cls):
     class Service(service_cls):
         call_stack = CallStack()
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
-    return container
+    return start_service(Service)
 
 
 @pytest.fixture
@@ -635,7 +605,7 @@ class TestRetryCount:
         ]
 
     def test_the_count_reaches_the_limit_without_x_death(
-        self, container_factory, rabbit_config, publish_message, exchange, queue
+        self, start_service, publish_message, exchange, queue
     ):
         """As on RabbitMQ 4.x, where a republished ``x-death`` is reset: with the
         broker's header stripped, our own ``backoff-retries`` still counts up to the
@@ -658,8 +628,7 @@ class TestRetryCount:
             def method(self, payload):
                 raise Backoff()
 
-        container = container_factory(Service, rabbit_config)
-        container.start()
+        container = start_service(Service)
 
         def expired(worker_ctx, result, exc_info):
             return exc_info[0] is Backoff.Expired
@@ -731,7 +700,7 @@ class TestRefusedByTheBroker:
 
     def test_delay_queue_with_other_arguments(
         self,
-        container_factory,
+        start_service,
         rabbit_config,
         publish_message,
         exchange,
@@ -748,8 +717,7 @@ class TestRefusedByTheBroker:
             def method(self, payload):
                 raise dynamic_backoff(20)()
 
-        container = container_factory(Service, rabbit_config)
-        container.start()
+        container = start_service(Service)
         publish_message(exchange, "keep me", routing_key=queue.routing_key)
         with pytest.raises(PreconditionFailed):
             container.wait()
@@ -761,7 +729,7 @@ class TestRefusedByTheBroker:
 
     def test_parking_queue_with_other_arguments(
         self,
-        container_factory,
+        start_service,
         rabbit_config,
         publish_message,
         exchange,
@@ -779,8 +747,7 @@ class TestRefusedByTheBroker:
             def method(self, payload):
                 raise Backoff()
 
-        container = container_factory(Service, rabbit_config)
-        container.start()
+        container = start_service(Service)
         publish_message(exchange, "keep me", routing_key=queue.routing_key)
         with pytest.raises(PreconditionFailed):
             container.wait()

@@ -19,6 +19,8 @@ from nameko_bridge import Backoff, entrypoint_retry
 from nameko_bridge.constants import RPC_METHOD_ID_HEADER_KEY
 from nameko_bridge.rpc import Rpc, rpc
 
+from .conftest import backs_off
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -60,8 +62,7 @@ def test_multiple_services(
     wait_for_result,
     counter,
     backoff_count,
-    container_factory,
-    rabbit_config,
+    start_service,
     entrypoint_tracker,
 ):
     class ServiceOne:
@@ -69,23 +70,17 @@ def test_multiple_services(
 
         @rpc
         def method(self, payload):
-            if counter["one"].increment() <= backoff_count:
-                raise Backoff()
-            return "one"
+            return backs_off(counter["one"], backoff_count, "one")
 
     class ServiceTwo:
         name = "service_two"
 
         @rpc
         def method(self, payload):
-            if counter["two"].increment() <= backoff_count:
-                raise Backoff()
-            return "two"
+            return backs_off(counter["two"], backoff_count, "two")
 
-    container_one = container_factory(ServiceOne, rabbit_config)
-    container_one.start()
-    container_two = container_factory(ServiceTwo, rabbit_config)
-    container_two.start()
+    container_one = start_service(ServiceOne)
+    container_two = start_service(ServiceTwo)
 
     with entrypoint_waiter(container_one, "method", callback=wait_for_result):
         assert rpc_proxy.service_one.method("arg") == "one"
@@ -99,8 +94,7 @@ def test_multiple_services(
 
 
 def test_multiple_methods_of_one_service(
-    container_factory,
-    rabbit_config,
+    start_service,
     wait_for_result,
     rpc_proxy,
     entrypoint_tracker,
@@ -112,18 +106,13 @@ def test_multiple_methods_of_one_service(
 
         @rpc
         def a(self):
-            if counter["a"].increment() <= backoff_count:
-                raise Backoff()
-            return "a"
+            return backs_off(counter["a"], backoff_count, "a")
 
         @rpc
         def b(self):
-            if counter["b"].increment() <= backoff_count:
-                raise Backoff()
-            return "b"
+            return backs_off(counter["b"], backoff_count, "b")
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    container = start_service(Service)
 
     with entrypoint_waiter(container, "a", callback=wait_for_result):
         assert rpc_proxy.service.a() == "a"
@@ -136,9 +125,7 @@ def test_multiple_methods_of_one_service(
     )
 
 
-def test_other_exceptions_are_replied_as_usual(
-    container_factory, rabbit_config, rpc_proxy, counter
-):
+def test_other_exceptions_are_replied_as_usual(start_service, rpc_proxy, counter):
     class Boom(Exception):
         pass
 
@@ -150,8 +137,7 @@ def test_other_exceptions_are_replied_as_usual(
             counter.increment()
             raise Boom("no")
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    start_service(Service)
 
     with pytest.raises(RemoteError) as raised:
         rpc_proxy.service.method()
@@ -202,9 +188,7 @@ def test_the_method_id_header_wins_over_the_routing_key(container, rabbit_config
     ]
 
 
-def test_aio_backoff_raised_in_a_nameko_entrypoint(
-    container_factory, rabbit_config, rpc_proxy, counter
-):
+def test_aio_backoff_raised_in_a_nameko_entrypoint(start_service, rpc_proxy, counter):
     class CoreBackoff(aio_backoff.Backoff):
         schedule = (20,)
         random_sigma = 0
@@ -219,8 +203,7 @@ def test_aio_backoff_raised_in_a_nameko_entrypoint(
                 raise CoreBackoff()
             return counter.items[counter._total].value
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    start_service(Service)
 
     assert rpc_proxy.service.method(2) == 3
     with pytest.raises(RemoteError) as raised:
@@ -312,9 +295,7 @@ def test_the_reply_is_sent_once(container, rabbit_config, backoff_count, counter
     assert replies[0].decode() == {"result": "result", "error": None}
 
 
-def test_entrypoint_retry_on_an_rpc_method(
-    container_factory, rabbit_config, rpc_proxy, counter
-):
+def test_entrypoint_retry_on_an_rpc_method(start_service, rpc_proxy, counter):
     class Service:
         name = "service"
 
@@ -325,8 +306,7 @@ def test_entrypoint_retry_on_an_rpc_method(
                 raise KeyError(key)
             return key
 
-    container = container_factory(Service, rabbit_config)
-    container.start()
+    start_service(Service)
 
     assert rpc_proxy.service.lookup("a", fail_times=2) == "a"
     assert counter["a"] == 3
