@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from ._protocol import retries_done
-from ._schedule import Schedule, gauss_jitter, sequence
+from ._schedule import Schedule, gauss_jitter, is_number, sequence
 from ._topology import DEFAULT_EXCHANGE, MAX_DELAY_MS
 
-__all__ = ["Backoff", "backoff_class"]
+__all__ = ["Backoff", "RetryFor", "as_backoff", "backoff_class"]
 
+
+RetryFor = tuple[type[BaseException], ...]
+"""Exception classes that are retried as if a ``Backoff`` had been raised."""
 
 _CHECKED_TUPLES: dict[int, tuple[tuple[float, ...], Schedule]] = {}
 """``id(schedule) -> (schedule, sequence(schedule))`` for tuple schedules: a tuple of
@@ -91,7 +94,7 @@ class Backoff(Exception):
     def __init__(self, *args: object, delay_ms: float | None = None) -> None:
         super().__init__(*args)
         if delay_ms is not None:
-            if isinstance(delay_ms, bool) or not isinstance(delay_ms, int | float):
+            if not is_number(delay_ms):
                 msg = f"Backoff(delay_ms=...) must be a number of ms, got {delay_ms!r}"
                 raise TypeError(msg)
             if math.isnan(delay_ms) or delay_ms < 0:
@@ -195,9 +198,7 @@ class Backoff(Exception):
         else:
             scheduled = self.get_next_schedule_item(retries)
             if type(scheduled) is not int:  # a plain int needs neither check
-                if isinstance(scheduled, bool) or not isinstance(
-                    scheduled, int | float
-                ):
+                if not is_number(scheduled):
                     msg = (
                         f"{type(self).__name__}.get_next_schedule_item({retries}) "
                         f"must return a number of ms, got {scheduled!r}"
@@ -282,7 +283,7 @@ def backoff_class(
 
 def as_backoff(
     error: BaseException,
-    retry_for: tuple[type[BaseException], ...],
+    retry_for: RetryFor,
     backoff: type[Backoff],
 ) -> Backoff | None:
     """``error`` as a ``Backoff``: itself, a ``backoff`` chained from it, or None."""
@@ -293,10 +294,6 @@ def as_backoff(
         converted.__cause__ = error
         return converted
     return None
-
-
-RetryFor = tuple[type[BaseException], ...]
-BackoffFactory = Callable[[], Backoff]
 
 
 # Tracebacks and nameko's remote errors name the public path, not the private module.

@@ -35,7 +35,7 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 
-from ._backoff import Backoff, as_backoff
+from ._backoff import Backoff, RetryFor, as_backoff
 from ._expiry import (
     BUILT_IN_ACTIONS,
     ExpiredMessage,
@@ -67,7 +67,7 @@ class RetryPolicy:
     """
 
     backoff: type[Backoff] = Backoff
-    retry_for: tuple[type[BaseException], ...] = ()
+    retry_for: RetryFor = ()
     on_expired: ExpiryAction = dead_letter_or_park
     requeue_on_error: bool = False
 

@@ -200,6 +200,7 @@ class DelayedPublisher:
     async def _declare(
         self, channel: aiormq.abc.AbstractChannel, queue: DelayQueue
     ) -> None:
+        started = self.lease_book.now()
         await channel.exchange_declare(
             queue.exchange, exchange_type="headers", durable=True
         )
@@ -210,7 +211,7 @@ class DelayedPublisher:
             routing_key="",
             arguments=queue.binding_arguments,
         )
-        self.lease_book.declared(queue)
+        self.lease_book.declared(queue, at=started)
         log.debug(
             "declared delay queue %r on exchange %r (x-expires %r ms)",
             queue.name,
@@ -316,6 +317,21 @@ class DelayedPublisher:
             failure
         )
 
+    def plan(
+        self, message: AbstractIncomingMessage, backoff: Backoff, *, target_queue: str
+    ) -> RetryPlan:
+        """:func:`~aio_backoff.plan_retry` for ``message`` on this delay topology.
+
+        Raises ``Backoff.Expired`` (chained from ``backoff``) when the limit is spent.
+        """
+        return plan_retry(
+            backoff,
+            message.headers,
+            target_queue=target_queue,
+            exchange=self.exchange,
+            grace_ms=self.grace_ms,
+        )
+
     async def retry(
         self,
         message: AbstractIncomingMessage,
@@ -330,13 +346,7 @@ class DelayedPublisher:
         and :class:`CopyNotPlaced` when the copy cannot be placed. Does not settle
         ``message``.
         """
-        plan = plan_retry(
-            backoff,
-            message.headers,
-            target_queue=target_queue,
-            exchange=self.exchange,
-            grace_ms=self.grace_ms,
-        )
+        plan = self.plan(message, backoff, target_queue=target_queue)
         await self.publish_copy(message, plan, extra_headers=extra_headers)
         return plan
 

@@ -29,7 +29,6 @@ from aio_pika.patterns.rpc import RPC, JsonRPCError
 
 from ._backoff import Backoff
 from ._consumer import RetryPolicy
-from ._plan import plan_retry
 from ._republish import DelayedPublisher
 from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
 
@@ -251,13 +250,7 @@ class BackoffRPC(RPC):
         queue = self.queues[self.routes[routing_key]].name
         publisher = self.publisher
         try:
-            plan = plan_retry(
-                backoff,
-                message.headers,
-                target_queue=queue,
-                exchange=publisher.exchange,
-                grace_ms=publisher.grace_ms,
-            )
+            plan = publisher.plan(message, backoff, target_queue=queue)
         except Backoff.Expired as expired:
             log.warning(
                 "rpc %r call %r: %s; replying with Backoff.Expired (queue %r)",

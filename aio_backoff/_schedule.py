@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from typing import TypeGuard
 
 __all__ = [
     "Schedule",
@@ -29,6 +30,11 @@ Schedule = Callable[[int], float]
 """A callable mapping the number of retries made so far to a delay in ms."""
 
 
+def is_number(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a real number (an int or a float, and not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_index(index: int) -> None:
     if index < 0:
         msg = f"schedule index must be 0 or more (retries already made), got {index}"
@@ -36,7 +42,7 @@ def _check_index(index: int) -> None:
 
 
 def _check_delay(name: str, value: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not is_number(value):
         msg = f"{name} must be a number of milliseconds, got {value!r}"
         raise TypeError(msg)
     if math.isnan(value) or value < 0:
@@ -66,7 +72,7 @@ def sequence(items: Sequence[float]) -> Schedule:
         msg = "sequence() needs at least one delay, got an empty sequence"
         raise ValueError(msg)
     for position, item in enumerate(values):
-        if not isinstance(item, int | float) or isinstance(item, bool):
+        if not is_number(item):
             msg = (
                 f"schedule item {position} must be a number of milliseconds, "
                 f"got {item!r}"
@@ -97,7 +103,7 @@ def exponential(
     which is why a cap is strongly advised.
     """
     _check_delay("exponential(initial_ms)", initial_ms)
-    if not isinstance(factor, int | float) or isinstance(factor, bool):
+    if not is_number(factor):
         msg = f"exponential(factor) must be a number of 1 or more, got {factor!r}"
         raise TypeError(msg)
     if not factor >= 1:  # also rejects NaN
@@ -182,11 +188,7 @@ def gauss_jitter(
         raise ValueError(msg)
     if not sigma_ms:
         return abs(int(delay_ms))
-    if (
-        isinstance(groups_per_sigma, bool)
-        or not isinstance(groups_per_sigma, int | float)
-        or not groups_per_sigma > 0  # also rejects NaN
-    ):
+    if not is_number(groups_per_sigma) or not groups_per_sigma > 0:  # and NaN
         msg = (
             f"random_groups_per_sigma must be 1 or more, got {groups_per_sigma!r}; "
             "set random_sigma = 0 to turn jitter off instead"

@@ -130,6 +130,14 @@ class LeaseBook:
         self._clock = clock
         self._declared_at: dict[tuple[str, str], float] = {}
 
+    def now(self) -> float:
+        """The book's clock, in seconds.
+
+        Read it before declaring and pass it to ``declared(queue, at=...)``: a lease
+        dated from before its declare never looks fresher than the queue is.
+        """
+        return self._clock()
+
     def needs_declare(self, queue: DelayQueue) -> bool:
         """Whether ``queue`` must be declared before a copy is published to it."""
         last = self._declared_at.get((queue.exchange, queue.name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,15 @@ def handler_failing(
             raise error(index)
 
     return handle
+
+
+def logged_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The error-level records the library logged."""
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.name.startswith("aio_backoff")
+    ]
 
 
 async def publish(

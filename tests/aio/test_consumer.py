@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -26,6 +27,7 @@ from tests.aio.retrying import (
     fast_backoff,
     get_one,
     handler_failing,
+    logged_errors,
     publish,
 )
 
@@ -68,11 +70,7 @@ async def test_expires_at_exactly_the_limit(
         await recorder.settle()
 
     assert len(recorder.calls) == 4  # the first delivery and 3 retries
-    expired = [
-        r
-        for r in caplog.records
-        if r.levelno == logging.ERROR and r.name.startswith("aio_backoff")
-    ]
+    expired = logged_errors(caplog)
     assert len(expired) == 1
     assert "expired" in expired[0].getMessage()
     assert expired[0].exc_info is not None
@@ -83,31 +81,27 @@ async def test_expires_at_exactly_the_limit(
     assert error.retries == 3
 
 
-async def test_infinite_limit_keeps_going(
-    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+@pytest.mark.parametrize(
+    ("limit", "times"),
+    [pytest.param(None, 30, id="none"), pytest.param(0, 25, id="zero")],
+)
+async def test_no_limit_keeps_going(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    make_retrier: Any,
+    limit: int | None,
+    times: int,
 ) -> None:
-    retrier = make_retrier(backoff=fast_backoff(schedule=(1,), limit=None))
+    retrier = make_retrier(backoff=fast_backoff(schedule=(1,), limit=limit))
     recorder = Recorder()
-    await retrier.consume(target, handler_failing(recorder, times=30))
+    await retrier.consume(target, handler_failing(recorder, times=times))
     await publish(channel, target.name)
 
-    await recorder.wait(31)
+    await recorder.wait(times + 1)
     await recorder.settle(0.2)
 
-    assert len(recorder.calls) == 31
-    assert recorder.calls[-1].retries == 30
-
-
-async def test_limit_zero_also_means_forever(
-    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
-) -> None:
-    retrier = make_retrier(backoff=fast_backoff(schedule=(1,), limit=0))
-    recorder = Recorder()
-    await retrier.consume(target, handler_failing(recorder, times=25))
-    await publish(channel, target.name)
-
-    await recorder.wait(26)
-    assert recorder.calls[-1].retries == 25
+    assert len(recorder.calls) == times + 1
+    assert recorder.calls[-1].retries == times
 
 
 class GrowingBackoff(Backoff):
@@ -260,40 +254,39 @@ async def test_retry_for_turns_errors_into_the_policy(
     assert isinstance(error.__cause__.__cause__, TimeoutError)
 
 
-async def test_plain_backoff_takes_the_consumers_policy(
-    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
-) -> None:
-    retrier = make_retrier(backoff=fast_backoff(schedule=(5000,), limit=9))
-    recorder = Recorder()
-    # per-consumer override: a plain Backoff() gets this consumer's 10 ms, limit 1
-    await retrier.consume(
-        target,
-        handler_failing(recorder, times=100, error=lambda _: Backoff("busy")),
-        backoff=fast_backoff(schedule=(10,), limit=1),
-        on_expired=drop,
-    )
-    await publish(channel, target.name)
-
-    await recorder.wait(2, seconds=3)
-    await recorder.settle(0.2)
-    assert len(recorder.calls) == 2
-    assert recorder.calls[1].message.headers["backoff"] == 10
-
-
 class OwnPolicy(Backoff):
     schedule: ClassVar = (25,)
     limit = 1
     random_sigma = 0
 
 
-async def test_a_raised_subclass_keeps_its_own_policy(
-    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+@pytest.mark.parametrize(
+    ("raised", "consumer_backoff", "delay"),
+    [
+        # per-consumer override: a plain Backoff() gets this consumer's 10 ms, limit 1
+        pytest.param(
+            lambda: Backoff("busy"),
+            fast_backoff(schedule=(10,), limit=1),
+            10,
+            id="plain-takes-the-consumers",
+        ),
+        pytest.param(OwnPolicy, None, 25, id="subclass-keeps-its-own"),
+    ],
+)
+async def test_which_policy_a_raised_backoff_follows(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    make_retrier: Any,
+    raised: Callable[[], Backoff],
+    consumer_backoff: type[Backoff] | None,
+    delay: int,
 ) -> None:
     retrier = make_retrier(backoff=fast_backoff(schedule=(5000,), limit=9))
     recorder = Recorder()
     await retrier.consume(
         target,
-        handler_failing(recorder, times=100, error=lambda _: OwnPolicy()),
+        handler_failing(recorder, times=100, error=lambda _: raised()),
+        backoff=consumer_backoff,
         on_expired=drop,
     )
     await publish(channel, target.name)
@@ -301,7 +294,7 @@ async def test_a_raised_subclass_keeps_its_own_policy(
     await recorder.wait(2, seconds=3)
     await recorder.settle(0.2)
     assert len(recorder.calls) == 2
-    assert recorder.calls[1].message.headers["backoff"] == 25
+    assert recorder.calls[1].message.headers["backoff"] == delay
 
 
 class StrippingPublisher(DelayedPublisher):
@@ -382,11 +375,7 @@ async def test_other_errors_reject_without_requeue(
     assert declared.declaration_result.message_count == 0
     messages = [r.getMessage() for r in caplog.records]
     assert any("rejected after ValueError: bad" in text for text in messages)
-    errors = [
-        r
-        for r in caplog.records
-        if r.levelno == logging.ERROR and r.name.startswith("aio_backoff")
-    ]
+    errors = logged_errors(caplog)
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     assert isinstance(errors[0].exc_info[1], ValueError)

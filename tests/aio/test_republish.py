@@ -13,11 +13,12 @@ import json
 import logging
 import urllib.parse
 import urllib.request
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from aio_backoff import (
     DELAY_HEADER,
@@ -29,10 +30,12 @@ from aio_backoff import (
     LeaseBook,
     delay_queue,
 )
-from aio_backoff._protocol import PROTOCOL_HEADER
+from aio_backoff._protocol import KEPT_PROPERTIES, PROTOCOL_HEADER
 from tests.aio.retrying import fast_backoff, get_one, publish
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
+
+TEN_MS = fast_backoff(schedule=(10,))
 
 
 class Clock:
@@ -92,26 +95,13 @@ async def test_copy_keeps_body_and_properties_bit_for_bit(
         expiration=60,
     )
     original = await get_one(target)
-    plan = await publisher.retry(
-        original, fast_backoff(schedule=(10,))(), target_queue=target.name
-    )
+    plan = await publisher.retry(original, TEN_MS(), target_queue=target.name)
     await original.ack()
     copy = await get_one(target)
     await copy.ack()
 
     assert copy.body == original.body == body
-    for name in (
-        "content_type",
-        "content_encoding",
-        "delivery_mode",
-        "priority",
-        "correlation_id",
-        "reply_to",
-        "message_id",
-        "timestamp",
-        "type",
-        "app_id",
-    ):
+    for name in KEPT_PROPERTIES:  # the list itself is pinned in tests/core
         assert getattr(copy, name) == getattr(original, name), name
     assert copy.timestamp == stamp
     assert copy.priority == 7
@@ -134,7 +124,7 @@ async def test_extra_headers_and_copy_without_message_id(
     original = await get_one(target)
     await publisher.retry(
         original,
-        fast_backoff(schedule=(10,))(),
+        TEN_MS(),
         target_queue=target.name,
         extra_headers={"reason": "busy"},
     )
@@ -174,9 +164,7 @@ async def test_copy_of_a_message_without_message_id(
     original = await get_one(target)
     assert original.message_id is None
 
-    await publisher.retry(
-        original, fast_backoff(schedule=(10,))(), target_queue=target.name
-    )
+    await publisher.retry(original, TEN_MS(), target_queue=target.name)
     await original.ack()
     copy = await get_one(target)
     await copy.ack()
@@ -185,28 +173,53 @@ async def test_copy_of_a_message_without_message_id(
     assert copy.headers[RETRIES_HEADER] == 1
 
 
+async def second_copy(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    publisher: DelayedPublisher,
+    caplog: pytest.LogCaptureFixture,
+    *,
+    delay_ms: int,
+    between: Callable[[], Awaitable[None]],
+    body: bytes = b"payload",
+) -> tuple[AbstractIncomingMessage, list[str]]:
+    """Place a copy of a fresh message, run ``between``, then place a copy of that.
+
+    Returns the second copy (acked) and the publisher's warnings while placing it;
+    the publisher is closed.
+    """
+    policy = fast_backoff(schedule=(delay_ms,))
+    try:
+        await publish(channel, target.name, body)
+        await publisher.retry(await get_one(target), policy(), target_queue=target.name)
+        first = await get_one(target)
+        await between()
+        with caplog.at_level(logging.WARNING, logger="aio_backoff"):
+            await publisher.retry(first, policy(), target_queue=target.name)
+        second = await get_one(target)
+        await second.ack()
+    finally:
+        await publisher.close()
+    return second, retried_warnings(caplog)
+
+
 async def test_deleted_delay_queue_is_declared_again_when_the_copy_returns(
     channel: AbstractChannel,
     target: AbstractQueue,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
-    publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=clock))
+    publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=Clock()))
     queue = delay_queue(23)
-    policy = fast_backoff(schedule=(23,))
-    await publish(channel, target.name, b"one")
-    await publisher.retry(await get_one(target), policy(), target_queue=target.name)
-    first = await get_one(target)
-    await channel.queue_delete(queue.name)  # as if it had expired
 
-    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
-        await publisher.retry(first, policy(), target_queue=target.name)  # lease fresh
-    second = await get_one(target)
-    await second.ack()
-    await publisher.close()
+    async def delete_it() -> None:  # as if it had expired; the lease looks fresh
+        await channel.queue_delete(queue.name)
+
+    second, warnings = await second_copy(
+        channel, target, publisher, caplog, delay_ms=23, between=delete_it, body=b"one"
+    )
 
     assert second.headers[RETRIES_HEADER] == 2
-    [warning] = retried_warnings(caplog)
+    [warning] = warnings
     assert "312 NO_ROUTE" in warning
     assert queue.name in warning
 
@@ -218,20 +231,16 @@ async def test_expired_delay_queue_is_declared_again_when_the_copy_returns(
     publisher = DelayedPublisher(
         channel, grace_ms=150, lease_book=LeaseBook(clock=clock)
     )
-    policy = fast_backoff(schedule=(31,))
-    await publish(channel, target.name)
-    await publisher.retry(await get_one(target), policy(), target_queue=target.name)
-    first = await get_one(target)
-    await asyncio.sleep(0.5)  # x-expires = 31 + 150 ms: the broker deletes it
 
-    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
-        await publisher.retry(first, policy(), target_queue=target.name)
-    second = await get_one(target)
-    await second.ack()
-    await publisher.close()
+    async def let_it_expire() -> None:  # x-expires = 31 + 150 ms: the broker deletes it
+        await asyncio.sleep(0.5)
+
+    second, warnings = await second_copy(
+        channel, target, publisher, caplog, delay_ms=31, between=let_it_expire
+    )
 
     assert second.headers[RETRIES_HEADER] == 2
-    assert len(retried_warnings(caplog)) == 1
+    assert len(warnings) == 1
 
 
 async def test_lease_older_than_half_the_grace_is_renewed_before_publishing(
@@ -239,45 +248,73 @@ async def test_lease_older_than_half_the_grace_is_renewed_before_publishing(
 ) -> None:
     clock = Clock()
     publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=clock))
-    queue = delay_queue(29)
-    policy = fast_backoff(schedule=(29,))
-    await publish(channel, target.name)
-    await publisher.retry(await get_one(target), policy(), target_queue=target.name)
-    first = await get_one(target)
-    await channel.queue_delete(queue.name)
-    clock.now += 2.5  # half of the 5000 ms grace period
 
-    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
-        await publisher.retry(first, policy(), target_queue=target.name)
-    second = await get_one(target)
-    await second.ack()
-    await publisher.close()
+    async def delete_it_and_age_the_lease() -> None:
+        await channel.queue_delete(delay_queue(29).name)
+        clock.now += 2.5  # half of the 5000 ms grace period
+
+    second, warnings = await second_copy(
+        channel,
+        target,
+        publisher,
+        caplog,
+        delay_ms=29,
+        between=delete_it_and_age_the_lease,
+    )
 
     assert second.headers[RETRIES_HEADER] == 2
-    assert retried_warnings(caplog) == []  # declared before publishing: no return
+    assert warnings == []  # declared before publishing: no return
 
 
 async def test_a_closed_publisher_with_a_fresh_lease_opens_its_channel_again(
     channel: AbstractChannel, target: AbstractQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
     publisher = DelayedPublisher(channel)
-    policy = fast_backoff(schedule=(41,))
-    await publish(channel, target.name, b"one")
-    await publisher.retry(await get_one(target), policy(), target_queue=target.name)
-    first = await get_one(target)
-    await publisher.close()
-    # the lease is still fresh: the next publish declares nothing, only opens
-    assert not publisher.lease_book.needs_declare(delay_queue(41))
 
-    with caplog.at_level(logging.WARNING, logger="aio_backoff"):
-        await publisher.retry(first, policy(), target_queue=target.name)
-    second = await get_one(target)
-    await second.ack()
-    await publisher.close()
+    async def close_it() -> None:
+        await publisher.close()
+        # the lease is still fresh: the next publish declares nothing, only opens
+        assert not publisher.lease_book.needs_declare(delay_queue(41))
+
+    second, warnings = await second_copy(
+        channel, target, publisher, caplog, delay_ms=41, between=close_it, body=b"one"
+    )
 
     assert second.body == b"one"
     assert second.headers[RETRIES_HEADER] == 2
-    assert retried_warnings(caplog) == []
+    assert warnings == []
+
+
+class SlowDeclares(LeaseBook):
+    """A lease book whose clock moves half the grace period while a declare runs."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        super().__init__(clock=self.clock)
+
+    def now(self) -> float:
+        started = super().now()
+        self.clock.now += 2.5
+        return started
+
+
+async def test_a_lease_is_dated_from_before_its_declare(
+    channel: AbstractChannel, target: AbstractQueue
+) -> None:
+    book = SlowDeclares()
+    publisher = DelayedPublisher(channel, lease_book=book)
+    await publish(channel, target.name)
+    original = await get_one(target)
+    try:
+        await publisher.retry(original, TEN_MS(), target_queue=target.name)
+    finally:
+        await publisher.close()
+    await original.ack()
+    copy = await get_one(target)
+    await copy.ack()
+
+    # the declare took half the grace period: the lease is due again already
+    assert book.needs_declare(delay_queue(10))
 
 
 async def test_copies_sharing_a_message_id_are_all_placed(
@@ -315,9 +352,7 @@ async def test_concurrent_first_copies_share_one_publishing_channel(
 
     await asyncio.gather(
         *(
-            publisher.retry(
-                message, fast_backoff(schedule=(10,))(), target_queue=target.name
-            )
+            publisher.retry(message, TEN_MS(), target_queue=target.name)
             for message in originals
         )
     )
@@ -349,9 +384,7 @@ async def test_returned_again_after_a_fresh_declare_is_not_placed(
     original = await get_one(target)
 
     with pytest.raises(CopyNotPlaced, match="also after a fresh declare") as caught:
-        await publisher.retry(
-            original, fast_backoff(schedule=(10,))(), target_queue=target.name
-        )
+        await publisher.retry(original, TEN_MS(), target_queue=target.name)
     await publisher.close()
     assert "312 NO_ROUTE" in str(caught.value)
     assert target.name in str(caught.value)
@@ -369,16 +402,12 @@ async def test_missing_exchange_is_declared_again(
     publisher = DelayedPublisher(channel, exchange=exchange)
     await publish(channel, target.name)
     original = await get_one(target)
-    await publisher.retry(
-        original, fast_backoff(schedule=(10,))(), target_queue=target.name
-    )
+    await publisher.retry(original, TEN_MS(), target_queue=target.name)
     await original.ack()
     copy = await get_one(target)
     await channel.exchange_delete(exchange)  # deleted behind the publisher's back
 
-    await publisher.retry(
-        copy, fast_backoff(schedule=(10,))(), target_queue=target.name
-    )
+    await publisher.retry(copy, TEN_MS(), target_queue=target.name)
     await copy.ack()
     again = await get_one(target)
     await again.ack()
@@ -393,9 +422,7 @@ async def test_missing_exchange_is_declared_again(
     await publish(channel, target.name)
     original = await get_one(target)
     with pytest.raises(CopyNotPlaced, match="NOT_FOUND"):
-        await publisher.retry(
-            original, fast_backoff(schedule=(10,))(), target_queue=target.name
-        )
+        await publisher.retry(original, TEN_MS(), target_queue=target.name)
     await publisher.close()
     await original.nack(requeue=False)
 
@@ -418,9 +445,7 @@ async def test_nacked_copy_is_not_placed(
     original = await get_one(target)
 
     with pytest.raises(CopyNotPlaced, match="nacked by the broker"):
-        await publisher.retry(
-            original, fast_backoff(schedule=(10,))(), target_queue=target.name
-        )
+        await publisher.retry(original, TEN_MS(), target_queue=target.name)
     await publisher.close()
     assert not original.processed
     await original.ack()
@@ -441,9 +466,7 @@ async def test_declare_error_spares_the_consuming_channel(
     original = await get_one(target)
 
     with pytest.raises(CopyNotPlaced, match="PRECONDITION_FAILED") as caught:
-        await publisher.retry(
-            original, fast_backoff(schedule=(10,))(), target_queue=target.name
-        )
+        await publisher.retry(original, TEN_MS(), target_queue=target.name)
     assert "could not be placed" in str(caught.value)
     assert not channel.is_closed
     await original.nack(requeue=True)  # the consuming channel still works
@@ -451,7 +474,7 @@ async def test_declare_error_spares_the_consuming_channel(
     await channel.exchange_delete(exchange)
     message = await get_one(target)
     await publisher.retry(  # on a fresh publishing channel
-        message, fast_backoff(schedule=(10,))(), target_queue=target.name
+        message, TEN_MS(), target_queue=target.name
     )
     await message.ack()
     copy = await get_one(target)

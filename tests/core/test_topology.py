@@ -174,6 +174,7 @@ def test_declared_at_a_given_time() -> None:
     clock = FakeClock()
     book = LeaseBook(clock=clock)
     queue = DelayQueue(10)
+    assert book.now() == clock.now
     book.declared(queue, at=clock.now - 2.5)
     assert book.needs_declare(queue)
     book.declared(queue, at=clock.now - 2.4)
