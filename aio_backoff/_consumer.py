@@ -41,6 +41,7 @@ from ._expiry import (
     ExpiredMessage,
     ExpiryAction,
     dead_letter_or_park,
+    run_final_action,
 )
 from ._republish import CopyNotPlaced, DelayedPublisher
 from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS
@@ -274,25 +275,10 @@ class _Processing:
                 action,
             )
         try:
-            await action(expired)
+            await run_final_action(action, expired)
         except BaseException as failure:
-            if self.message.processed:
-                raise
-            if action in BUILT_IN_ACTIONS or not isinstance(failure, Exception):
-                await self._requeue("its final action failed", failure)
-                raise
-            log.exception(
-                "on_expired action %r failed for message %r from queue %r; "
-                "falling back to dead_letter_or_park",
-                action,
-                self.message.message_id,
-                self.queue,
-            )
-            try:
-                await dead_letter_or_park(expired)
-            except BaseException as fallback_failure:
-                await self._requeue("its final action failed", fallback_failure)
-                raise
+            await self._requeue("its final action failed", failure)
+            raise
         if not self.message.processed:
             await self.message.ack()
 

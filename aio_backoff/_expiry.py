@@ -122,3 +122,27 @@ async def dead_letter_or_park(expired: ExpiredMessage) -> None:
 BUILT_IN_ACTIONS: frozenset[ExpiryAction] = frozenset(
     {dead_letter, park, drop, dead_letter_or_park}
 )
+
+
+async def run_final_action(action: ExpiryAction, expired: ExpiredMessage) -> None:
+    """Run ``action`` on ``expired``; a failed user callback falls back to the default.
+
+    When a callback that is not one of the built-in actions raises an ``Exception``
+    before settling the message, the failure is logged and
+    :func:`dead_letter_or_park` runs instead, so the message is still kept. Any other
+    failure (a built-in action's, the fallback's, a ``BaseException``, or one after
+    the message was settled) propagates: the caller puts the message back.
+    """
+    try:
+        await action(expired)
+    except Exception:
+        if expired.message.processed or action in BUILT_IN_ACTIONS:
+            raise
+        log.exception(
+            "on_expired action %r failed for message %r from queue %r; "
+            "falling back to dead_letter_or_park",
+            action,
+            expired.message.message_id,
+            expired.queue,
+        )
+        await dead_letter_or_park(expired)

@@ -61,6 +61,8 @@ class EventDispatcher(Lifecycle):
 
     async def start(self) -> None:
         """Open the dispatcher's channel (done by the first dispatch otherwise)."""
+        if self._channel is not None and not self._channel.is_closed:
+            return  # the usual case, once per dispatch: no lock to take
         async with self._lock:
             if self._channel is None or self._channel.is_closed:
                 self._channel = await self.connection.channel()

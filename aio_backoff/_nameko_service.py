@@ -45,7 +45,7 @@ import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -117,6 +117,9 @@ redelivers it) or it was settled already."""
 _NOT_PLACED = (CopyNotPlaced, *_SETTLE_ERRORS)
 """What publishing a delayed or parked copy raises when the broker did not take it:
 the original goes back to its queue."""
+
+_CONTEXT_PREFIX = f"{HEADER_PREFIX}."
+"""Headers with this prefix carry the caller's context (nameko's ``nameko.*``)."""
 
 _REQUEUE_PAUSE_S = 0.2
 """How long a message whose copy could not be placed waits before it goes back to
@@ -335,7 +338,7 @@ class NamekoService(Lifecycle):
         )
         queue = await channel.declare_queue(self.rpc_queue, durable=True)
         await queue.bind(exchange, routing_key=rpc_binding_key(self.name))
-        tag = await queue.consume(self._on_rpc)
+        tag = await queue.consume(functools.partial(self._deliver, self._on_rpc))
         self._consumers.append((queue, tag))
 
     async def _consume_events(
@@ -352,7 +355,8 @@ class NamekoService(Lifecycle):
             exclusive=spec.exclusive,
         )
         await queue.bind(exchange, routing_key=spec.routing_key)
-        tag = await queue.consume(functools.partial(self._on_event, entry))
+        on_event = functools.partial(self._on_event, entry)
+        tag = await queue.consume(functools.partial(self._deliver, on_event))
         self._consumers.append((queue, tag))
 
     async def stop(self) -> None:
@@ -408,25 +412,34 @@ class NamekoService(Lifecycle):
 
     # -- handling ----------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _handling(self) -> AsyncIterator[None]:
+    async def _deliver(
+        self,
+        handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        message: AbstractIncomingMessage,
+    ) -> None:
+        """The consumer callback: ``handle(message)``, tracked for :meth:`stop`;
+        a message that arrives while the service stops goes back to its queue."""
         task = asyncio.current_task()
         assert task is not None  # aiormq runs each delivery in a task
         self._working.add(task)
         try:
-            yield
+            if self._stopping:
+                await self._settle(message, requeue=True)
+            else:
+                await handle(message)
         finally:
             self._working.discard(task)
 
     def _context(self, message: AbstractIncomingMessage, method: str) -> CallContext:
-        parents = context_data(message.headers)[CALL_ID_STACK_KEY]
-        prefix = f"{HEADER_PREFIX}."
-        data = {
-            key[len(prefix) :]: value
-            for key, value in (message.headers or {}).items()
-            if key.startswith(prefix)
-            and key not in {CALL_ID_STACK_HEADER, RPC_METHOD_ID_HEADER}
-        }
+        headers = message.headers or {}
+        data = context_data(
+            {
+                key: value
+                for key, value in headers.items()
+                if key.startswith(_CONTEXT_PREFIX) and key != RPC_METHOD_ID_HEADER
+            }
+        )
+        parents = data.pop(CALL_ID_STACK_KEY)
         stack = call_id_stack(
             parents, new_call_id(self.name, method), tracked=self.parent_calls_tracked
         )
@@ -435,7 +448,7 @@ class NamekoService(Lifecycle):
             method=method,
             call_id_stack=tuple(stack),
             data=data,
-            headers=dict(message.headers or {}),
+            headers=dict(headers),
         )
 
     async def _settle(
@@ -474,19 +487,26 @@ class NamekoService(Lifecycle):
         self,
         message: AbstractIncomingMessage,
         backoff: Backoff,
+        context: CallContext,
         *,
         queue: str,
         what: str,
-        extra_headers: Mapping[str, Any],
+        extra_headers: Mapping[str, Any] | None = None,
     ) -> Backoff.Expired | None:
         """Publish the delayed copy and ack; the error when the retries are spent.
 
-        A copy that cannot be placed puts the message back on its queue.
+        The copy carries the call-id stack of ``context`` with ``.backoff`` on this
+        call's id, and ``extra_headers``. A copy that cannot be placed puts the
+        message back on its queue.
         """
         assert self._publisher is not None  # started
+        headers = {
+            CALL_ID_STACK_HEADER: backoff_call_id_stack(context.call_id_stack),
+            **(extra_headers or {}),
+        }
         try:
             plan = await self._publisher.retry(
-                message, backoff, target_queue=queue, extra_headers=extra_headers
+                message, backoff, target_queue=queue, extra_headers=headers
             )
         except Backoff.Expired as expired:
             return expired
@@ -547,107 +567,101 @@ class NamekoService(Lifecycle):
         await self._settle(message)
 
     async def _on_rpc(self, message: AbstractIncomingMessage) -> None:
-        async with self._handling():
-            if self._stopping:
-                await self._settle(message, requeue=True)
-                return
-            method_id = (
-                _text((message.headers or {}).get(RPC_METHOD_ID_HEADER))
-                or message.routing_key
-                or ""
-            )
-            entry = self._rpcs.get(method_id)
-            if entry is None:
-                method = method_id.rsplit(".", 1)[-1]
-                await self._reply(
-                    message, error=protocol_error("MethodNotFound", method)
-                )
-                return
-            try:
-                args, kwargs = _request(message.body, entry.handler)
-            except RemoteError as bad_request:
-                await self._reply(message, error=serialize_error(bad_request))
-                return
-            context = self._context(message, entry.method)
-            result, error = await self._run(entry, context, *args, **kwargs)
-            if error is None:
-                await self._reply(message, result=result)
-                return
-            what = f"rpc {method_id}"
-            backoff = entry.policy.backoff_for(error)
-            if backoff is None:
-                log.warning("%s raised %r; replying with the error", what, error)
-                await self._reply(message, error=serialize_error(error))
-                return
-            headers = {
-                CALL_ID_STACK_HEADER: backoff_call_id_stack(context.call_id_stack),
-                RPC_METHOD_ID_HEADER: method_id,
-            }
-            expired = await self._retry(
-                message, backoff, queue=self.rpc_queue, what=what, extra_headers=headers
-            )
-            if expired is None:
-                return
-            log.warning("%s: %s; replying with the error", what, expired)
-            await self._reply(message, error=serialize_error(expired))
+        method_id = (
+            _text((message.headers or {}).get(RPC_METHOD_ID_HEADER))
+            or message.routing_key
+            or ""
+        )
+        entry = self._rpcs.get(method_id)
+        if entry is None:
+            method = method_id.rsplit(".", 1)[-1]
+            await self._reply(message, error=protocol_error("MethodNotFound", method))
+            return
+        try:
+            args, kwargs = _request(message.body, entry.handler)
+        except RemoteError as bad_request:
+            await self._reply(message, error=serialize_error(bad_request))
+            return
+        context = self._context(message, entry.method)
+        result, error = await self._run(entry, context, *args, **kwargs)
+        if error is None:
+            await self._reply(message, result=result)
+            return
+        what = f"rpc {method_id}"
+        backoff = entry.policy.backoff_for(error)
+        if backoff is None:
+            log.warning("%s raised %r; replying with the error", what, error)
+            await self._reply(message, error=serialize_error(error))
+            return
+        expired = await self._retry(
+            message,
+            backoff,
+            context,
+            queue=self.rpc_queue,
+            what=what,
+            extra_headers={RPC_METHOD_ID_HEADER: method_id},
+        )
+        if expired is None:
+            return
+        log.warning("%s: %s; replying with the error", what, expired)
+        await self._reply(message, error=serialize_error(expired))
 
     async def _on_event(
         self, entry: _EventEntrypoint, message: AbstractIncomingMessage
     ) -> None:
-        async with self._handling():
-            if self._stopping:
-                await self._settle(message, requeue=True)
-                return
-            what = f"event handler {self.name}.{entry.method}"
-            try:
-                payload = loads(message.body)
-            except ValueError:
-                log.exception("%s: event body is not JSON; acked", what)
-                await self._settle(message)
-                return
-            context = self._context(message, entry.method)
-            _, error = await self._run(entry, context, payload)
-            if error is None:
-                await self._settle(message)
-                return
-            backoff = entry.policy.backoff_for(error)
-            if backoff is None:
-                log.error("%s raised %r; acked", what, error, exc_info=error)
-                await self._settle(message)
-                return
-            headers = {
-                CALL_ID_STACK_HEADER: backoff_call_id_stack(context.call_id_stack)
-            }
-            expired = await self._retry(
-                message,
-                backoff,
-                queue=entry.queue.name,
-                what=what,
-                extra_headers=headers,
+        what = f"event handler {self.name}.{entry.method}"
+        try:
+            payload = loads(message.body)
+        except ValueError:
+            log.exception("%s: event body is not JSON; acked", what)
+            await self._settle(message)
+            return
+        context = self._context(message, entry.method)
+        _, error = await self._run(entry, context, payload)
+        if error is None:
+            await self._settle(message)
+            return
+        backoff = entry.policy.backoff_for(error)
+        if backoff is None:
+            log.error("%s raised %r; acked", what, error, exc_info=error)
+            await self._settle(message)
+            return
+        expired = await self._retry(
+            message, backoff, context, queue=entry.queue.name, what=what
+        )
+        if expired is not None:
+            await self._expire_event(entry, message, expired, what=what)
+
+    async def _expire_event(
+        self,
+        entry: _EventEntrypoint,
+        message: AbstractIncomingMessage,
+        expired: Backoff.Expired,
+        *,
+        what: str,
+    ) -> None:
+        """Run the handler's final action; ack unless the action settled it."""
+        assert self._publisher is not None  # started
+        try:
+            await entry.policy.on_expired(
+                ExpiredMessage(
+                    message=message,
+                    queue=entry.queue.name,
+                    queue_arguments=None,
+                    error=expired,
+                    publisher=self._publisher,
+                )
             )
-            if expired is None:
-                return
-            assert self._publisher is not None  # started
-            try:
-                await entry.policy.on_expired(
-                    ExpiredMessage(
-                        message=message,
-                        queue=entry.queue.name,
-                        queue_arguments=None,
-                        error=expired,
-                        publisher=self._publisher,
-                    )
-                )
-            except _NOT_PLACED:
-                log.exception(
-                    "%s: expired message not placed; requeued in %r s",
-                    what,
-                    _REQUEUE_PAUSE_S,
-                )
-                await self._requeue_later(message)
-                return
-            if not message.processed:
-                await self._settle(message)
+        except _NOT_PLACED:
+            log.exception(
+                "%s: expired message not placed; requeued in %r s",
+                what,
+                _REQUEUE_PAUSE_S,
+            )
+            await self._requeue_later(message)
+            return
+        if not message.processed:
+            await self._settle(message)
 
 
 def _request(body: bytes, handler: Handler) -> tuple[list[Any], dict[str, Any]]:

@@ -150,8 +150,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__()
-        self._clock = time.monotonic
-        self.lease_book = LeaseBook(clock=self._clock)
+        self.lease_book = LeaseBook(clock=time.monotonic)
         self._exchange = Exchange(  # type: ignore[no-untyped-call]
             name=self.exchange_name, type="headers", durable=True
         )
@@ -251,7 +250,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             # is recorded once the declare is confirmed, dated from before it; until
             # then other workers declare as well (harmless) instead of racing ahead.
             declaring = attempt == 2 or self.lease_book.needs_declare(lease)
-            started = self._clock()
+            started = self.lease_book.now()
             try:
                 self._publish_confirmed(
                     message.body,

@@ -18,6 +18,9 @@ from tests.interop.processes import (
     wait_for_consumers,
 )
 
+# the matrix tests' shared checks live there; nothing has imported it yet
+pytest.register_assert_rewrite("tests.interop.jobs")
+
 
 @dataclass(frozen=True)
 class NamekoSide:

@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from aio_backoff import (
     ExpiredMessage,
@@ -22,6 +23,7 @@ from aio_backoff import (
     park,
     retries_done,
 )
+from tests import brokers
 
 Fast = backoff_class(schedule=(50,), limit=3, random_sigma=0, name="Fast")
 """The matrix schedule (as ``Fast`` on the nameko side): 50 ms, 3 retries."""
@@ -34,10 +36,55 @@ OK_ATTEMPTS = [(0, "Fast"), (1, "Fast"), (2, "ok")]
 DOOMED_ATTEMPTS = [(0, "Fast"), (1, "Fast"), (2, "Fast"), (3, "Expired")]
 
 Record = dict[str, Any]
+Records = Callable[[str], list[Record]]
+"""A job's key -> the records of its deliveries (a report's or a side's)."""
 
 
 def new_job(failures: int, label: str = "job") -> dict[str, Any]:
     return {"key": f"{label}-{uuid.uuid4().hex[:8]}", "failures": failures}
+
+
+def ok_and_doomed() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A job that backs off twice and then succeeds, and one that expires."""
+    return new_job(OK_FAILURES, "ok"), new_job(DOOMED_FAILURES, "doomed")
+
+
+def ok_and_doomed_done(
+    records: Records, ok: Mapping[str, Any], doomed: Mapping[str, Any]
+) -> Callable[[], bool]:
+    """For ``wait_until``: ``ok`` has succeeded and ``doomed`` has expired."""
+    return lambda: (
+        any(r["outcome"] == "ok" for r in records(ok["key"]))
+        and any(r["outcome"] == "Expired" for r in records(doomed["key"]))
+    )
+
+
+def check_ok_and_doomed(
+    records: Records,
+    ok: Mapping[str, Any],
+    doomed: Mapping[str, Any],
+    *,
+    nameko_handled: bool,
+    doomed_attempts: list[tuple[int, str]] = DOOMED_ATTEMPTS,
+) -> None:
+    """``ok`` backed off twice then succeeded; ``doomed`` went ``doomed_attempts``."""
+    assert attempts(records(ok["key"])) == OK_ATTEMPTS
+    assert attempts(records(doomed["key"])) == doomed_attempts
+    if nameko_handled and brokers.current().major >= 4:
+        # RabbitMQ 4.x: x-death stays at 1, our header carries the count
+        assert max(r["x_death"] for r in records(doomed["key"])) <= 1
+
+
+async def publish_job(channel: AbstractChannel, queue: str, job: Any) -> None:
+    """Publish ``job`` to ``queue`` as a persistent JSON message from asyncio."""
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            json.dumps(job).encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
+        routing_key=queue,
+    )
 
 
 def attempts(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, str]]:

@@ -8,11 +8,9 @@ keeps one continuous count.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
@@ -20,30 +18,20 @@ from aio_backoff import Retrier, parking_queue_name
 from tests import brokers
 from tests.interop.conftest import NamekoSide
 from tests.interop.jobs import (
-    DOOMED_ATTEMPTS,
     DOOMED_FAILURES,
-    OK_ATTEMPTS,
-    OK_FAILURES,
     AioSide,
     Fast,
     Shared,
     attempts,
+    check_ok_and_doomed,
     new_job,
+    ok_and_doomed,
+    ok_and_doomed_done,
+    publish_job,
 )
 from tests.interop.processes import nameko_client, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(45)]
-
-
-async def publish_from_asyncio(channel: AbstractChannel, queue: str, job: Any) -> None:
-    await channel.default_exchange.publish(
-        aio_pika.Message(
-            json.dumps(job).encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        ),
-        routing_key=queue,
-    )
 
 
 @pytest.mark.parametrize("consumer", ["asyncio", "nameko"])
@@ -56,7 +44,7 @@ async def test_consume_backs_off_then_succeeds_or_expires(
     declared: Any,
     unique_name: Callable[[str], str],
 ) -> None:
-    ok, doomed = new_job(OK_FAILURES, "ok"), new_job(DOOMED_FAILURES, "doomed")
+    ok, doomed = ok_and_doomed()
     aio = AioSide()
     retrier = Retrier(channel, backoff=Fast, on_expired=aio.on_expired)
     if consumer == "nameko":
@@ -71,26 +59,18 @@ async def test_consume_backs_off_then_succeeds_or_expires(
 
     if publisher == "asyncio":
         for job in (ok, doomed):
-            await publish_from_asyncio(channel, queue_name, job)
+            await publish_job(channel, queue_name, job)
     else:
         await nameko_client(
             brokers.current().amqp_url,
             [["publish", queue_name, ok], ["publish", queue_name, doomed]],
         )
     await wait_until(
-        lambda: (
-            any(r["outcome"] == "ok" for r in records(ok["key"]))
-            and any(r["outcome"] == "Expired" for r in records(doomed["key"]))
-        ),
-        what="the messages to be handled",
+        ok_and_doomed_done(records, ok, doomed), what="the messages to be handled"
     )
     await retrier.close()
 
-    assert attempts(records(ok["key"])) == OK_ATTEMPTS
-    assert attempts(records(doomed["key"])) == DOOMED_ATTEMPTS
-    if consumer == "nameko" and brokers.current().major >= 4:
-        # RabbitMQ 4.x: x-death stays at 1, our header carries the count
-        assert max(r["x_death"] for r in records(doomed["key"])) <= 1
+    check_ok_and_doomed(records, ok, doomed, nameko_handled=consumer == "nameko")
 
 
 async def test_one_queue_two_stacks_one_continuous_count(
@@ -109,7 +89,7 @@ async def test_one_queue_two_stacks_one_continuous_count(
 
     jobs = [new_job(5, "ok") for _ in range(3)] + [new_job(DOOMED_FAILURES, "doomed")]
     for job in jobs:
-        await publish_from_asyncio(channel, queue.name, job)
+        await publish_job(channel, queue.name, job)
     await wait_until(
         lambda: all(
             any(r["outcome"] in {"ok", "Expired"} for r in records(job["key"]))

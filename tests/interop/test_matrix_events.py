@@ -17,14 +17,11 @@ from aio_backoff import EventDispatcher, NamekoService, parking_queue_name
 from tests import brokers
 from tests.interop.conftest import NamekoSide
 from tests.interop.jobs import (
-    DOOMED_ATTEMPTS,
-    DOOMED_FAILURES,
-    OK_ATTEMPTS,
-    OK_FAILURES,
     AioSide,
     Fast,
-    attempts,
-    new_job,
+    check_ok_and_doomed,
+    ok_and_doomed,
+    ok_and_doomed_done,
 )
 from tests.interop.processes import nameko_client, wait_until
 
@@ -42,7 +39,7 @@ async def test_event_backs_off_then_succeeds_or_expires(
     declared: Any,
     unique_name: Callable[[str], str],
 ) -> None:
-    ok, doomed = new_job(OK_FAILURES, "ok"), new_job(DOOMED_FAILURES, "doomed")
+    ok, doomed = ok_and_doomed()
     aio = AioSide()
     service = NamekoService(connection, unique_name("aiosvc").replace(".", "_"))
     if handler == "nameko":
@@ -75,18 +72,10 @@ async def test_event_backs_off_then_succeeds_or_expires(
                 ],
             )
         await wait_until(
-            lambda: (
-                any(r["outcome"] == "ok" for r in records(ok["key"]))
-                and any(r["outcome"] == "Expired" for r in records(doomed["key"]))
-            ),
-            what="the events to be handled",
+            ok_and_doomed_done(records, ok, doomed), what="the events to be handled"
         )
 
-    assert attempts(records(ok["key"])) == OK_ATTEMPTS
-    assert attempts(records(doomed["key"])) == DOOMED_ATTEMPTS
-    if handler == "nameko" and brokers.current().major >= 4:
-        # RabbitMQ 4.x: x-death stays at 1, our header carries the count
-        assert max(r["x_death"] for r in records(doomed["key"])) <= 1
+    check_ok_and_doomed(records, ok, doomed, nameko_handled=handler == "nameko")
 
     if handler == "asyncio":
         # the expired event is parked, not dropped

@@ -10,12 +10,10 @@ broker keeps growing, and nameko_bridge reads the larger of ``x-death`` and its 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
@@ -28,6 +26,7 @@ from tests.interop.jobs import (
     OK_FAILURES,
     attempts,
     new_job,
+    publish_job,
 )
 from tests.interop.processes import (
     UPSTREAM_VENV,
@@ -87,14 +86,7 @@ async def test_old_and_new_share_a_queue_without_losing_a_message_or_a_count(
     oks = [new_job(OK_FAILURES, "ok") for _ in range(6)]
     dooms = [new_job(DOOMED_FAILURES, "doomed") for _ in range(3)]
     for job in oks + dooms:
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                json.dumps(job).encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=nameko_side.migration_queue,
-        )
+        await publish_job(channel, nameko_side.migration_queue, job)
 
     def finished() -> bool:
         return all(

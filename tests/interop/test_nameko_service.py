@@ -14,12 +14,12 @@ import logging
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 
 from aio_backoff import (
     BROADCAST,
@@ -67,13 +67,53 @@ async def rpc(
         yield client
 
 
-def cleanup(declared: Any, service: NamekoService) -> NamekoService:
-    declared.queue(service.rpc_queue)
-    declared.exchange(f"{service.name}.events")
-    for queue in service.event_queues():
-        declared.queue(queue)
-        declared.queue(parking_queue_name(queue))
-    return service
+ServiceFactory = Callable[..., NamekoService]
+
+
+@pytest.fixture
+def new_service(
+    connection: AbstractRobustConnection, declared: Any, service_name: str
+) -> Iterator[ServiceFactory]:
+    """``new_service(**options)``: a NamekoService (named ``service_name`` on the
+    test's connection unless ``name=``/``connection=`` say otherwise) whose queues
+    and events exchange are deleted after the test."""
+    made: list[NamekoService] = []
+
+    def make(
+        name: str = service_name,
+        connection: AbstractConnection = connection,
+        **options: Any,
+    ) -> NamekoService:
+        service = NamekoService(connection, name, **options)
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:  # now that the test registered its handlers
+        declared.queue(service.rpc_queue)
+        declared.exchange(f"{service.name}.events")
+        for queue in service.event_queues():
+            declared.queue(queue)
+            declared.queue(parking_queue_name(queue))
+
+
+async def send_request(
+    channel: AbstractChannel,
+    service: NamekoService,
+    method: str | None,
+    body: bytes = dumps({"args": [], "kwargs": {}}),
+    **properties: Any,
+) -> None:
+    """Publish a raw request straight to ``service``'s queue, the way a backed-off
+    copy comes back: its method named by the ``nameko.rpc_method_id`` header
+    (none when ``method`` is None)."""
+    headers = (
+        {} if method is None else {RPC_METHOD_ID_HEADER: f"{service.name}.{method}"}
+    )
+    await channel.default_exchange.publish(
+        aio_pika.Message(body, headers=headers, **properties),
+        routing_key=service.rpc_queue,
+    )
 
 
 async def queue_depth(channel: AbstractChannel, name: str) -> int:
@@ -87,13 +127,12 @@ async def queue_depth(channel: AbstractChannel, name: str) -> int:
 
 
 async def test_errors_reach_the_caller_as_nameko_reports_them(
-    connection: AbstractRobustConnection,
     channel: AbstractChannel,
     rpc: NamekoRpcClient,
-    declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
-    service = NamekoService(connection, service_name)
+    service = new_service()
 
     @service.rpc
     async def fail(reason: str) -> None:
@@ -103,7 +142,6 @@ async def test_errors_reach_the_caller_as_nameko_reports_them(
     async def odd() -> object:
         return object()
 
-    cleanup(declared, service)
     async with service:
         proxy = rpc.service(service_name)
         with pytest.raises(RemoteError) as caught:
@@ -125,14 +163,13 @@ async def test_errors_reach_the_caller_as_nameko_reports_them(
         reply_queue = await channel.declare_queue(exclusive=True)
         await reply_queue.bind("nameko-rpc", routing_key=reply_queue.name)
         for body in (b"not json", b'{"args": []}'):
-            await channel.default_exchange.publish(
-                aio_pika.Message(
-                    body,
-                    reply_to=reply_queue.name,
-                    correlation_id="c1",
-                    headers={RPC_METHOD_ID_HEADER: f"{service_name}.fail"},
-                ),
-                routing_key=service.rpc_queue,
+            await send_request(
+                channel,
+                service,
+                "fail",
+                body,
+                reply_to=reply_queue.name,
+                correlation_id="c1",
             )
         for _ in range(2):
             reply = await reply_queue.get(timeout=5, fail=False)
@@ -145,12 +182,11 @@ async def test_errors_reach_the_caller_as_nameko_reports_them(
 
 
 async def test_retry_for_and_a_plain_backoff_use_the_services_policy(
-    connection: AbstractRobustConnection,
     rpc: NamekoRpcClient,
-    declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
-    service = NamekoService(connection, service_name, backoff=Fast)
+    service = new_service(backoff=Fast)
     calls: list[int] = []
 
     @service.rpc(retry_for=(Unavailable,))
@@ -166,7 +202,6 @@ async def test_retry_for_and_a_plain_backoff_use_the_services_policy(
     async def plain_backoff() -> None:
         raise Backoff  # takes Fast's schedule and limit
 
-    cleanup(declared, service)
     async with service:
         assert await rpc.call(service_name, "flaky") == 2
         with pytest.raises(Backoff.Expired) as caught:
@@ -177,10 +212,13 @@ async def test_retry_for_and_a_plain_backoff_use_the_services_policy(
 
 
 async def test_unknown_service_and_timeout(
-    connection: AbstractRobustConnection, declared: Any, service_name: str
+    connection: AbstractRobustConnection,
+    declared: Any,
+    service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
     release = asyncio.Event()
-    service = NamekoService(connection, service_name)
+    service = new_service()
 
     @service.rpc
     async def slow() -> str:
@@ -191,7 +229,6 @@ async def test_unknown_service_and_timeout(
     async def quick() -> str:
         return "quick"
 
-    cleanup(declared, service)
     async with (
         service,
         NamekoRpcClient(connection, timeout=0.2, name="impatient") as client,
@@ -208,14 +245,17 @@ async def test_unknown_service_and_timeout(
 
 
 async def test_client_must_be_started_and_close_fails_waiting_calls(
-    connection: AbstractRobustConnection, declared: Any, service_name: str
+    connection: AbstractRobustConnection,
+    declared: Any,
+    service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
     client = NamekoRpcClient(connection)
     with pytest.raises(RuntimeError, match="not started"):
         await client.call("x", "y")
     await client.close()  # never started: nothing to do
 
-    service = NamekoService(connection, service_name)
+    service = new_service()
     entered = asyncio.Event()
 
     @service.rpc
@@ -223,7 +263,6 @@ async def test_client_must_be_started_and_close_fails_waiting_calls(
         entered.set()
         await asyncio.sleep(30)
 
-    cleanup(declared, service)
     service.shutdown_timeout = 0.1
     async with service:
         await client.start()
@@ -265,10 +304,11 @@ async def test_nested_calls_and_events_carry_the_call_id_stack(
     nameko_side: NamekoSide,
     declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
     """An asyncio handler calls a nameko service and dispatches an event; both carry
     its call-id stack and context, as a nameko worker's would."""
-    service = NamekoService(connection, service_name)
+    service = new_service()
     events: list[tuple[Any, Any]] = []
 
     @service.rpc
@@ -285,7 +325,6 @@ async def test_nested_calls_and_events_carry_the_call_id_stack(
         assert call is not None
         events.append((payload, call))
 
-    cleanup(declared, service)
     job = new_job(0, "nested")
     async with (
         service,
@@ -333,6 +372,32 @@ def test_only_async_handlers_and_reliable_broadcasts(
 # -- events --------------------------------------------------------------------------
 
 
+async def test_concurrent_first_dispatches_open_one_channel(
+    connection: AbstractRobustConnection,
+    declared: Any,
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = unique_name("src").replace(".", "_")
+    declared.exchange(f"{source}.events")
+    opened: list[object] = []
+    open_channel = connection.channel
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        return open_channel(*args, **kwargs)
+
+    monkeypatch.setattr(connection, "channel", counting)
+    dispatcher = EventDispatcher(connection)
+    try:
+        await asyncio.gather(
+            dispatcher(source, "ping", {"n": 1}), dispatcher(source, "ping", {"n": 2})
+        )
+    finally:
+        await dispatcher.close()
+    assert len(opened) == 1
+
+
 class TestHandlerTypes:
     @staticmethod
     async def handler(payload: Any) -> None:
@@ -343,13 +408,14 @@ class TestHandlerTypes:
         connection: AbstractRobustConnection,
         declared: Any,
         unique_name: Callable[[str], str],
+        new_service: ServiceFactory,
     ) -> None:
         source = unique_name("src").replace(".", "_")
         declared.exchange(f"{source}.events")
         got: dict[str, list[Any]] = {}
         services = []
         for n in range(2):
-            service = NamekoService(connection, f"{source}_listener{n}")
+            service = new_service(name=f"{source}_listener{n}")
 
             async def broadcast(payload: Any, n: int = n) -> None:
                 got.setdefault(f"broadcast{n}", []).append(payload)
@@ -361,7 +427,7 @@ class TestHandlerTypes:
                 source, "ping", handler_type=BROADCAST, reliable_delivery=False
             )(broadcast)
             service.event_handler(source, "ping", handler_type=SINGLETON)(singleton)
-            services.append(cleanup(declared, service))
+            services.append(service)
 
         assert services[0].event_queues()[1] == f"evt-{source}-ping"
         async with services[0], services[1], EventDispatcher(connection) as dispatch:
@@ -378,15 +444,14 @@ class TestHandlerTypes:
 
 
 async def test_event_errors_are_acked_and_expiry_actions_run(
-    connection: AbstractRobustConnection,
     channel: AbstractChannel,
-    declared: Any,
     service_name: str,
     caplog: pytest.LogCaptureFixture,
+    new_service: ServiceFactory,
 ) -> None:
     """A failing handler is logged and acked (as nameko); a body that is not JSON
     too; an expiry action that does not settle leaves the ack to the service."""
-    service = NamekoService(connection, service_name, backoff=Fast)
+    service = new_service(backoff=Fast)
     seen: list[Any] = []
     expired: list[ExpiredMessage] = []
 
@@ -402,7 +467,6 @@ async def test_event_errors_are_acked_and_expiry_actions_run(
     async def doomed(payload: Any) -> None:
         raise Backoff
 
-    cleanup(declared, service)
     caplog.set_level(logging.INFO, logger="aio_backoff")
     async with service:
         exchange = await channel.get_exchange(f"{service_name}.events")
@@ -425,19 +489,17 @@ async def test_event_errors_are_acked_and_expiry_actions_run(
 
 
 async def test_copy_not_placed_puts_the_message_back(
-    connection: AbstractRobustConnection,
     channel: AbstractChannel,
     declared: Any,
     service_name: str,
     unique_name: Callable[[str], str],
+    new_service: ServiceFactory,
 ) -> None:
     """The delay exchange cannot be declared (it exists as another type): neither
     the RPC request nor the event is lost, both go back to their queues."""
     delay_exchange = declared.exchange(unique_name("delay"))
     await channel.declare_exchange(delay_exchange, aio_pika.ExchangeType.FANOUT)
-    service = NamekoService(
-        connection, service_name, backoff=Fast, delay_exchange=delay_exchange
-    )
+    service = new_service(backoff=Fast, delay_exchange=delay_exchange)
     tries: list[str] = []
 
     @service.rpc
@@ -450,17 +512,9 @@ async def test_copy_not_placed_puts_the_message_back(
         tries.append("event")
         raise Backoff
 
-    cleanup(declared, service)
-    rpc_message = aio_pika.Message(
-        dumps({"args": [], "kwargs": {}}),
-        reply_to="nowhere",
-        correlation_id="c",
-        headers={RPC_METHOD_ID_HEADER: f"{service_name}.work"},
-    )
     async with service:
-        await channel.default_exchange.publish(
-            rpc_message,
-            routing_key=service.rpc_queue,
+        await send_request(
+            channel, service, "work", reply_to="nowhere", correlation_id="c"
         )
         await service.dispatch("job", {})
         await wait_until(lambda: tries.count("rpc") >= 2 and tries.count("event") >= 2)
@@ -475,12 +529,11 @@ def aio_backoff_copy_not_placed() -> Exception:
 
 
 async def test_expiry_action_that_cannot_place_the_message_requeues_it(
-    connection: AbstractRobustConnection,
     channel: AbstractChannel,
-    declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
-    service = NamekoService(connection, service_name, backoff=Fast)
+    service = new_service(backoff=Fast)
     attempts: list[int] = []
 
     async def cannot_park(message: ExpiredMessage) -> None:
@@ -491,7 +544,6 @@ async def test_expiry_action_that_cannot_place_the_message_requeues_it(
     async def on_job(payload: Any) -> None:
         raise Backoff
 
-    cleanup(declared, service)
     async with service:
         await service.dispatch("job", {})
         await wait_until(lambda: len(attempts) >= 2)
@@ -502,28 +554,19 @@ async def test_expiry_action_that_cannot_place_the_message_requeues_it(
 
 
 async def test_a_request_without_reply_to_is_handled_and_acked(
-    connection: AbstractRobustConnection,
     channel: AbstractChannel,
-    declared: Any,
-    service_name: str,
     caplog: pytest.LogCaptureFixture,
+    new_service: ServiceFactory,
 ) -> None:
-    service = NamekoService(connection, service_name)
+    service = new_service()
     done = asyncio.Event()
 
     @service.rpc
     async def fire_and_forget() -> None:
         done.set()
 
-    cleanup(declared, service)
     async with service:
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                dumps({"args": [], "kwargs": {}}),
-                headers={RPC_METHOD_ID_HEADER: f"{service_name}.fire_and_forget"},
-            ),
-            routing_key=service.rpc_queue,
-        )
+        await send_request(channel, service, "fire_and_forget")
         await asyncio.wait_for(done.wait(), 5)
         await asyncio.sleep(0.1)
         assert await queue_depth(channel, service.rpc_queue) == 0
@@ -534,12 +577,11 @@ async def test_a_request_without_reply_to_is_handled_and_acked(
 
 
 async def test_stop_lets_handlers_in_flight_finish(
-    connection: AbstractRobustConnection,
     rpc: NamekoRpcClient,
-    declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
-    service = NamekoService(connection, service_name)
+    service = new_service()
     entered, release = asyncio.Event(), asyncio.Event()
 
     @service.rpc
@@ -548,7 +590,6 @@ async def test_stop_lets_handlers_in_flight_finish(
         await release.wait()
         return "finished"
 
-    cleanup(declared, service)
     await service.start()
     await service.start()  # idempotent
     call = asyncio.create_task(rpc.call(service_name, "slow"))
@@ -563,13 +604,12 @@ async def test_stop_lets_handlers_in_flight_finish(
 
 
 async def test_stop_cancels_handlers_after_the_timeout_and_nothing_is_lost(
-    connection: AbstractRobustConnection,
     channel: AbstractChannel,
     rpc: NamekoRpcClient,
-    declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
-    service = NamekoService(connection, service_name, shutdown_timeout=0.1)
+    service = new_service(shutdown_timeout=0.1)
     entered = asyncio.Event()
     cancelled: list[bool] = []
 
@@ -582,7 +622,6 @@ async def test_stop_cancels_handlers_after_the_timeout_and_nothing_is_lost(
             cancelled.append(True)
             raise
 
-    cleanup(declared, service)
     async with service:
         call = asyncio.create_task(rpc.call(service_name, "stuck"))
         await entered.wait()
@@ -593,12 +632,11 @@ async def test_stop_cancels_handlers_after_the_timeout_and_nothing_is_lost(
 
 
 async def test_a_stopping_service_hands_new_messages_back(
-    connection: AbstractRobustConnection,
     channel: AbstractChannel,
-    declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
-    service = NamekoService(connection, service_name)
+    service = new_service()
     ran: list[str] = []
 
     @service.rpc
@@ -609,13 +647,9 @@ async def test_a_stopping_service_hands_new_messages_back(
     async def on_job(payload: Any) -> None:
         ran.append("event")
 
-    cleanup(declared, service)
     async with service:
         service._stopping = True  # as between cancelling consumers and closing
-        await channel.default_exchange.publish(
-            aio_pika.Message(dumps({"args": [], "kwargs": {}})),
-            routing_key=service.rpc_queue,
-        )
+        await send_request(channel, service, None)
         await service.dispatch("job", {})
         await asyncio.sleep(0.2)
     assert ran == []
@@ -669,8 +703,8 @@ def _close_connection_by_name(name: str) -> bool:
 async def test_reconnects_and_the_interrupted_call_is_answered(
     connection: AbstractRobustConnection,
     rpc: NamekoRpcClient,
-    declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
     """The broker drops the service's connection while a handler runs: that
     delivery cannot be settled any more (the handler is cancelled with its channel,
@@ -682,7 +716,7 @@ async def test_reconnects_and_the_interrupted_call_is_answered(
         client_properties={"connection_name": name},
         reconnect_interval=0.2,
     )
-    service = NamekoService(service_connection, service_name)
+    service = new_service(connection=service_connection)
     entered, release = asyncio.Event(), asyncio.Event()
     runs: list[int] = []
 
@@ -694,7 +728,6 @@ async def test_reconnects_and_the_interrupted_call_is_answered(
             await release.wait()
         return len(runs)
 
-    cleanup(declared, service)
     try:
         async with service:
             call = asyncio.create_task(rpc.call(service_name, "work"))
@@ -715,14 +748,13 @@ async def test_reconnects_and_the_interrupted_call_is_answered(
 
 
 async def test_a_delivery_that_cannot_be_settled_is_logged(
-    connection: AbstractRobustConnection,
-    declared: Any,
     service_name: str,
     caplog: pytest.LogCaptureFixture,
+    new_service: ServiceFactory,
 ) -> None:
     """Its channel went away while the handler ran: the broker redelivers the
     message; the service logs that it could not settle it and carries on."""
-    service = NamekoService(connection, service_name)
+    service = new_service()
     done = asyncio.Event()
 
     @service.event_handler(service_name, "job")
@@ -731,7 +763,6 @@ async def test_a_delivery_that_cannot_be_settled_is_logged(
         await service._channel.close()  # as if the broker closed it
         done.set()
 
-    cleanup(declared, service)
     async with service:
         await service.dispatch("job", {})
         await asyncio.wait_for(done.wait(), 5)
@@ -745,12 +776,10 @@ async def test_a_delivery_that_cannot_be_settled_is_logged(
 
 
 async def test_a_reply_that_cannot_be_sent_puts_the_request_back(
-    connection: AbstractRobustConnection,
     channel: AbstractChannel,
-    declared: Any,
-    service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
-    service = NamekoService(connection, service_name)
+    service = new_service()
     runs: list[int] = []
 
     @service.rpc
@@ -760,16 +789,8 @@ async def test_a_reply_that_cannot_be_sent_puts_the_request_back(
         await service._replies_channel.close()  # the reply cannot go out
         return len(runs)
 
-    cleanup(declared, service)
     async with service:
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                dumps({"args": [], "kwargs": {}}),
-                reply_to="someone",
-                headers={RPC_METHOD_ID_HEADER: f"{service_name}.work"},
-            ),
-            routing_key=service.rpc_queue,
-        )
+        await send_request(channel, service, "work", reply_to="someone")
         await wait_until(lambda: len(runs) >= 2, what="the request to run again")
     await asyncio.sleep(0.1)
     assert await queue_depth(channel, service.rpc_queue) == 1
@@ -781,11 +802,12 @@ async def test_an_expiry_further_down_is_relayed_as_nameko_relays_it(
     nameko_side: NamekoSide,
     declared: Any,
     service_name: str,
+    new_service: ServiceFactory,
 ) -> None:
     """An asyncio method calls a nameko method that expires and lets the error
     out: its caller gets a RemoteError naming the Expired, not an Expired of its
     own (the outer method did not back off)."""
-    service = NamekoService(connection, service_name)
+    service = new_service()
 
     @service.rpc
     async def relay(job: dict[str, Any]) -> Any:
@@ -793,7 +815,6 @@ async def test_an_expiry_further_down_is_relayed_as_nameko_relays_it(
             declared.queue(inner.reply_queue)
             return await inner.call(nameko_side.service, "work", job)
 
-    cleanup(declared, service)
     async with service:
         with pytest.raises(RemoteError) as caught:
             await rpc.call(service_name, "relay", new_job(99, "relayed"))
