@@ -61,7 +61,7 @@ from aio_pika.abc import (
 
 from ._backoff import Backoff
 from ._consumer import RetryPolicy
-from ._expiry import ExpiredMessage, ExpiryAction, park
+from ._expiry import ExpiredMessage, ExpiryAction, park, run_final_action
 from ._lifecycle import Lifecycle
 from ._nameko_context import CallContext, _current
 from ._nameko_events import EventDispatcher
@@ -643,14 +643,15 @@ class NamekoService(Lifecycle):
         """Run the handler's final action; ack unless the action settled it."""
         assert self._publisher is not None  # started
         try:
-            await entry.policy.on_expired(
+            await run_final_action(
+                entry.policy.on_expired,
                 ExpiredMessage(
                     message=message,
                     queue=entry.queue.name,
                     queue_arguments=None,
                     error=expired,
                     publisher=self._publisher,
-                )
+                ),
             )
         except _NOT_PLACED:
             log.exception(

@@ -25,7 +25,6 @@ from aio_backoff import (
     BROADCAST,
     SINGLETON,
     Backoff,
-    CopyNotPlaced,
     EventDispatcher,
     ExpiredMessage,
     IncorrectSignature,
@@ -38,6 +37,7 @@ from aio_backoff import (
     RpcTimeout,
     UnknownService,
     current_call,
+    park,
     parking_queue_name,
 )
 from aio_backoff._nameko_wire import RPC_METHOD_ID_HEADER, dumps
@@ -524,33 +524,67 @@ async def test_copy_not_placed_puts_the_message_back(
     assert await queue_depth(channel, queue) == 1
 
 
-def aio_backoff_copy_not_placed() -> Exception:
-    return CopyNotPlaced("test: the parking queue refused the copy")
-
-
 async def test_expiry_action_that_cannot_place_the_message_requeues_it(
     channel: AbstractChannel,
     service_name: str,
     new_service: ServiceFactory,
 ) -> None:
+    """The parking queue exists as a non-durable queue, so parking is refused."""
     service = new_service(backoff=Fast)
     attempts: list[int] = []
 
-    async def cannot_park(message: ExpiredMessage) -> None:
+    async def counting_park(message: ExpiredMessage) -> None:
         attempts.append(message.error.retries)
-        raise aio_backoff_copy_not_placed()
+        await park(message)
 
-    @service.event_handler(service_name, "job", on_expired=cannot_park)
+    @service.event_handler(service_name, "job", on_expired=counting_park)
     async def on_job(payload: Any) -> None:
         raise Backoff
 
+    (queue,) = service.event_queues()
+    await channel.declare_queue(parking_queue_name(queue), durable=False)
     async with service:
         await service.dispatch("job", {})
         await wait_until(lambda: len(attempts) >= 2)
     await asyncio.sleep(0.1)
-    (queue,) = service.event_queues()
     assert await queue_depth(channel, queue) == 1
     assert attempts[:2] == [3, 3]
+
+
+async def test_a_failing_expiry_callback_falls_back_to_parking(
+    channel: AbstractChannel,
+    service_name: str,
+    new_service: ServiceFactory,
+) -> None:
+    """A user's on_expired that raises does not leave the message unacked: it is
+    parked (the queue has no dead-letter exchange), as a Retrier would do."""
+    service = new_service(backoff=Fast)
+    calls: list[int] = []
+
+    async def broken_callback(message: ExpiredMessage) -> None:
+        calls.append(message.error.retries)
+        raise RuntimeError("callback bug")
+
+    @service.event_handler(service_name, "job", on_expired=broken_callback)
+    async def on_job(payload: Any) -> None:
+        raise Backoff
+
+    async with service:
+        await service.dispatch("job", {"n": 1})
+        (queue,) = service.event_queues()
+        await wait_until(lambda: bool(calls))
+        parked = await channel.declare_queue(parking_queue_name(queue), durable=True)
+        for _ in range(50):  # the fallback parks it right after the callback raised
+            message = await parked.get(fail=False)
+            if message is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert message is not None
+    assert calls == [3]
+    assert json.loads(message.body) == {"n": 1}
+    assert message.headers["backoff-queue"] == queue
+    await message.ack()
+    assert await queue_depth(channel, queue) == 0
 
 
 async def test_a_request_without_reply_to_is_handled_and_acked(
