@@ -59,7 +59,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from ._backoff import Backoff
+from ._backoff import Backoff, RetryFor
 from ._consumer import RetryPolicy
 from ._expiry import ExpiredMessage, ExpiryAction, park, run_final_action
 from ._lifecycle import Lifecycle
@@ -103,7 +103,7 @@ log = logging.getLogger("aio_backoff").getChild("nameko_service")
 
 Handler = Callable[..., Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
-RetryFor = tuple[type[BaseException], ...]
+
 
 _SETTLE_ERRORS = (
     aio_pika.exceptions.MessageProcessError,

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 import aio_backoff
+from aio_backoff._nameko_wire import backoff_call_id_stack
 
 from ._compat import message_settler
 from .backoff import Backoff, as_nameko_expired
@@ -99,9 +100,8 @@ def retry_headers(message: Any, worker_ctx: Any) -> dict[str, Any]:
     A new dict and a new list: neither the message nor the worker is changed.
     """
     headers = dict(message.headers or {})
-    stack = list(worker_ctx.call_id_stack)  # never empty: it ends with this call
-    stack[-1] = f"{stack[-1]}.backoff"
-    headers[CALL_ID_STACK_HEADER_KEY] = stack
+    # never empty: it ends with this call
+    headers[CALL_ID_STACK_HEADER_KEY] = backoff_call_id_stack(worker_ctx.call_id_stack)
     return headers
 
 
