@@ -3,23 +3,49 @@
 A consumer that cannot finish a message yet raises :class:`Backoff`; the message comes
 back later on the retry schedule, and once the limit is spent the handler sees
 :class:`Backoff.Expired`.
+
+Three layers, one folder each: :mod:`aio_backoff.core` (sans-IO: schedules,
+``Backoff``, headers, topology, the plan and nameko's wire format),
+:mod:`aio_backoff.aiopika` (consumers and publishers on aio-pika) and
+:mod:`aio_backoff.nameko_protocol` (nameko's RPC and events from asyncio). The core's
+names are imported here at once; the others on first use (PEP 562), so that
+``import aio_backoff.core`` in a nameko process never loads aio-pika.
 """
 
-from ._backoff import Backoff, as_backoff, backoff_class
-from ._consumer import Handler, Retrier, RetryPolicy
-from ._expiry import (
-    ExpiredMessage,
-    ExpiryAction,
-    dead_letter,
-    dead_letter_or_park,
-    drop,
-    park,
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .core import (
+    DEFAULT_EXCHANGE,
+    DELAY_HEADER,
+    EXPIRY_GRACE_PERIOD_MS,
+    MAX_DELAY_MS,
+    PROTOCOL_VERSION,
+    RETRIES_HEADER,
+    Backoff,
+    DelayQueue,
+    LeaseBook,
+    RetryPlan,
+    Schedule,
+    as_backoff,
+    backoff_class,
+    capped,
+    delay_queue,
+    delay_queue_name,
+    exponential,
+    fixed,
+    full_jitter,
+    gauss_jitter,
+    legacy_retries,
+    parking_queue_name,
+    plan_retry,
+    retries_done,
+    round_to_nearest,
+    sequence,
 )
-from ._nameko_context import CallContext, current_call
-from ._nameko_events import EventDispatcher
-from ._nameko_rpc import NamekoRpcClient
-from ._nameko_service import NamekoService
-from ._nameko_wire import (
+from .core.nameko_wire import (
     BROADCAST,
     SERVICE_POOL,
     SINGLETON,
@@ -35,36 +61,81 @@ from ._nameko_wire import (
     event_queue,
     rpc_queue_name,
 )
-from ._plan import RetryPlan, plan_retry
-from ._protocol import (
-    DELAY_HEADER,
-    PROTOCOL_VERSION,
-    RETRIES_HEADER,
-    legacy_retries,
-    retries_done,
-)
-from ._republish import CopyNotPlaced, DelayedPublisher
-from ._rpc import EXPIRED_ERROR_TYPE, BackoffJsonRPC, BackoffRPC, RemoteBackoffExpired
-from ._schedule import (
-    Schedule,
-    capped,
-    exponential,
-    fixed,
-    full_jitter,
-    gauss_jitter,
-    round_to_nearest,
-    sequence,
-)
-from ._topology import (
-    DEFAULT_EXCHANGE,
-    EXPIRY_GRACE_PERIOD_MS,
-    MAX_DELAY_MS,
-    DelayQueue,
-    LeaseBook,
-    delay_queue,
-    delay_queue_name,
-    parking_queue_name,
-)
+
+if TYPE_CHECKING:
+    from .aiopika import (
+        EXPIRED_ERROR_TYPE,
+        BackoffJsonRPC,
+        BackoffRPC,
+        CopyNotPlaced,
+        DelayedPublisher,
+        ExpiredMessage,
+        ExpiryAction,
+        Handler,
+        RemoteBackoffExpired,
+        Retrier,
+        RetryPolicy,
+        dead_letter,
+        dead_letter_or_park,
+        drop,
+        park,
+    )
+    from .nameko_protocol import (
+        CallContext,
+        EventDispatcher,
+        NamekoRpcClient,
+        NamekoService,
+        current_call,
+    )
+
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "EXPIRED_ERROR_TYPE",
+            "BackoffJsonRPC",
+            "BackoffRPC",
+            "CopyNotPlaced",
+            "DelayedPublisher",
+            "ExpiredMessage",
+            "ExpiryAction",
+            "Handler",
+            "RemoteBackoffExpired",
+            "Retrier",
+            "RetryPolicy",
+            "dead_letter",
+            "dead_letter_or_park",
+            "drop",
+            "park",
+        ),
+        ".aiopika",
+    ),
+    **dict.fromkeys(
+        (
+            "CallContext",
+            "EventDispatcher",
+            "NamekoRpcClient",
+            "NamekoService",
+            "current_call",
+        ),
+        ".nameko_protocol",
+    ),
+}
+"""Public names of the layers that need aio-pika, and the subpackage of each."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'aio_backoff' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups do not come here again
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BROADCAST",

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 import aio_backoff
-from aio_backoff._nameko_wire import backoff_call_id_stack
+from aio_backoff.core.nameko_wire import backoff_call_id_stack
 
 from ._compat import message_settler
 from .backoff import Backoff, as_nameko_expired

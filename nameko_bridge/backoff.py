@@ -33,18 +33,19 @@ from nameko.constants import (
 from nameko.extensions import SharedExtension
 
 import aio_backoff
-from aio_backoff import (
+from aio_backoff.core import (
     DEFAULT_EXCHANGE,
     EXPIRY_GRACE_PERIOD_MS,
+    KEPT_PROPERTIES,
     DelayQueue,
     LeaseBook,
     RetryPlan,
     delay_queue_name,
+    parked_headers,
     parking_queue_name,
     plan_retry,
     round_to_nearest,
 )
-from aio_backoff._protocol import KEPT_PROPERTIES, parked_headers
 
 __all__ = [
     "EXPIRY_GRACE_PERIOD",

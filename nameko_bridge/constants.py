@@ -1,14 +1,14 @@
 """Header names nameko entrypoints read and write when a message is retried.
 
 The names nameko-amqp-retry exported, for the wire names in
-``aio_backoff._nameko_wire`` (one definition for both stacks).
+``aio_backoff.core.nameko_wire`` (one definition for both stacks).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from aio_backoff._nameko_wire import CALL_ID_STACK_HEADER, RPC_METHOD_ID_HEADER
+from aio_backoff.core.nameko_wire import CALL_ID_STACK_HEADER, RPC_METHOD_ID_HEADER
 
 __all__ = ["CALL_ID_STACK_HEADER_KEY", "RPC_METHOD_ID_HEADER_KEY"]
 

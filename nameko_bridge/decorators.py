@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import wrapt
 
-from aio_backoff import Schedule, as_backoff, backoff_class
+from aio_backoff.core import Schedule, as_backoff, backoff_class
 
 from .backoff import Backoff
 

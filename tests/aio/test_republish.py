@@ -30,7 +30,7 @@ from aio_backoff import (
     LeaseBook,
     delay_queue,
 )
-from aio_backoff._protocol import KEPT_PROPERTIES, PROTOCOL_HEADER
+from aio_backoff.core._protocol import KEPT_PROPERTIES, PROTOCOL_HEADER
 from tests.aio.retrying import fast_backoff, get_one, publish
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]

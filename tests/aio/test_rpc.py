@@ -1,4 +1,4 @@
-"""aio-pika's RPC pattern with Backoff, on a real broker (aio_backoff._rpc)."""
+"""aio-pika's RPC pattern with Backoff, on a real broker (aio_backoff.aiopika._rpc)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from aio_pika.patterns import RPC, JsonRPC
 from aio_pika.patterns.rpc import JsonRPCError, RPCMessageType
 
 from aio_backoff import Backoff, DelayedPublisher, backoff_class
-from aio_backoff._protocol import DELAY_HEADER, RETRIES_HEADER
-from aio_backoff._rpc import (
+from aio_backoff.aiopika._rpc import (
     EXPIRED_ERROR_TYPE,
     BackoffJsonRPC,
     BackoffRPC,
     RemoteBackoffExpired,
 )
+from aio_backoff.core._protocol import DELAY_HEADER, RETRIES_HEADER
 from tests import brokers
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from aio_backoff import (
     MAX_DELAY_MS,
     Backoff,
-    _backoff,
     as_backoff,
     backoff_class,
     exponential,
     fixed,
 )
+from aio_backoff.core import _backoff
 from tests.core.strategies import (
     PROPERTY,
     any_delays_ms,

@@ -13,12 +13,12 @@ from aio_backoff import (
     Backoff,
     DelayQueue,
     RetryPlan,
-    _plan,
     backoff_class,
     plan_retry,
     retries_done,
 )
-from aio_backoff._protocol import parked_headers
+from aio_backoff.core import _plan
+from aio_backoff.core._protocol import parked_headers
 from tests.core.strategies import PROPERTY
 
 pytestmark = pytest.mark.core

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aio_backoff import DELAY_HEADER, PROTOCOL_VERSION, RETRIES_HEADER, retries_done
-from aio_backoff._protocol import (
+from aio_backoff.core._protocol import (
     KEPT_PROPERTIES,
     LEGACY_DEATH_HEADER,
     PARKED_ERROR_HEADER,

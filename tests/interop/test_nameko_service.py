@@ -40,7 +40,7 @@ from aio_backoff import (
     park,
     parking_queue_name,
 )
-from aio_backoff._nameko_wire import RPC_METHOD_ID_HEADER, dumps
+from aio_backoff.core.nameko_wire import RPC_METHOD_ID_HEADER, dumps
 from tests import brokers
 from tests.interop.conftest import NamekoSide
 from tests.interop.jobs import Fast, new_job

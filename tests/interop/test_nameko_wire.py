@@ -9,13 +9,7 @@ from decimal import Decimal
 import pytest
 
 from aio_backoff import Backoff, backoff_class
-from aio_backoff._nameko_context import (
-    CallContext,
-    _current,
-    current_call,
-    outgoing_headers,
-)
-from aio_backoff._nameko_wire import (
+from aio_backoff.core.nameko_wire import (
     BROADCAST,
     SERVICE_POOL,
     SINGLETON,
@@ -47,6 +41,12 @@ from aio_backoff._nameko_wire import (
     rpc_reply_queue_name,
     rpc_routing_key,
     serialize_error,
+)
+from aio_backoff.nameko_protocol._context import (
+    CallContext,
+    _current,
+    current_call,
+    outgoing_headers,
 )
 
 pytestmark = [pytest.mark.core, pytest.mark.timeout(5)]

@@ -59,13 +59,13 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from ._backoff import Backoff, RetryFor
-from ._consumer import RetryPolicy
-from ._expiry import ExpiredMessage, ExpiryAction, park, run_final_action
-from ._lifecycle import Lifecycle
-from ._nameko_context import CallContext, _current
-from ._nameko_events import EventDispatcher
-from ._nameko_wire import (
+from ..aiopika._consumer import RetryPolicy
+from ..aiopika._expiry import ExpiredMessage, ExpiryAction, park, run_final_action
+from ..aiopika._lifecycle import Lifecycle
+from ..aiopika._publisher import CopyNotPlaced, DelayedPublisher
+from ..core._backoff import Backoff, RetryFor
+from ..core._topology import DEFAULT_EXCHANGE
+from ..core.nameko_wire import (
     CALL_ID_STACK_HEADER,
     CALL_ID_STACK_KEY,
     CONTENT_ENCODING,
@@ -94,8 +94,8 @@ from ._nameko_wire import (
     rpc_routing_key,
     serialize_error,
 )
-from ._republish import CopyNotPlaced, DelayedPublisher
-from ._topology import DEFAULT_EXCHANGE
+from ._context import CallContext, _current
+from ._events import EventDispatcher
 
 __all__ = ["NamekoService"]
 

@@ -32,9 +32,8 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, PublishError
 
-from ._lifecycle import Lifecycle
-from ._nameko_context import outgoing_headers
-from ._nameko_wire import (
+from ..aiopika._lifecycle import Lifecycle
+from ..core.nameko_wire import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
     PARENT_CALLS_TRACKED,
@@ -47,6 +46,7 @@ from ._nameko_wire import (
     rpc_reply_queue_name,
     rpc_routing_key,
 )
+from ._context import outgoing_headers
 
 __all__ = ["NamekoRpcClient"]
 

@@ -35,7 +35,8 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 
-from ._backoff import Backoff, RetryFor, as_backoff
+from ..core._backoff import Backoff, RetryFor, as_backoff
+from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS
 from ._expiry import (
     BUILT_IN_ACTIONS,
     ExpiredMessage,
@@ -43,8 +44,7 @@ from ._expiry import (
     dead_letter_or_park,
     run_final_action,
 )
-from ._republish import CopyNotPlaced, DelayedPublisher
-from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS
+from ._publisher import CopyNotPlaced, DelayedPublisher
 
 __all__ = ["Handler", "Retrier", "RetryPolicy"]
 

@@ -16,8 +16,8 @@ from typing import Any, TypeAlias
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from ._backoff import Backoff
-from ._republish import DelayedPublisher
+from ..core._backoff import Backoff
+from ._publisher import DelayedPublisher
 
 __all__ = [
     "ExpiredMessage",

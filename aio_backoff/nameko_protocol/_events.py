@@ -21,15 +21,15 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
-from ._lifecycle import Lifecycle
-from ._nameko_context import outgoing_headers
-from ._nameko_wire import (
+from ..aiopika._lifecycle import Lifecycle
+from ..core.nameko_wire import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
     PARENT_CALLS_TRACKED,
     dumps,
     event_exchange_name,
 )
+from ._context import outgoing_headers
 
 __all__ = ["EventDispatcher"]
 

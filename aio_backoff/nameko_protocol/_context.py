@@ -12,14 +12,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._nameko_wire import (
+from ..core._protocol import retries_done
+from ..core.nameko_wire import (
     CALL_ID_STACK_KEY,
     PARENT_CALLS_TRACKED,
     call_id_stack,
     context_headers,
     new_call_id,
 )
-from ._protocol import retries_done
 
 __all__ = ["CallContext", "current_call", "outgoing_headers"]
 

@@ -27,10 +27,10 @@ from aio_pika.patterns import JsonRPC
 from aio_pika.patterns.base import CallbackType, T
 from aio_pika.patterns.rpc import RPC, JsonRPCError
 
-from ._backoff import Backoff
+from ..core._backoff import Backoff
+from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
 from ._consumer import RetryPolicy
-from ._republish import DelayedPublisher
-from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
+from ._publisher import DelayedPublisher
 
 __all__ = [
     "EXPIRED_ERROR_TYPE",

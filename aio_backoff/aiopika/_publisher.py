@@ -34,10 +34,10 @@ from aiormq.exceptions import (
 )
 from pamqp.commands import Basic
 
-from ._backoff import Backoff
-from ._plan import RetryPlan, plan_retry
-from ._protocol import KEPT_PROPERTIES, parked_headers
-from ._topology import (
+from ..core._backoff import Backoff
+from ..core._plan import RetryPlan, plan_retry
+from ..core._protocol import KEPT_PROPERTIES, parked_headers
+from ..core._topology import (
     DEFAULT_EXCHANGE,
     EXPIRY_GRACE_PERIOD_MS,
     DelayQueue,

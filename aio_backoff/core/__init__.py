@@ -1,0 +1,84 @@
+"""The sans-IO core: every decision, no I/O.
+
+Schedules (``_schedule``: where the delay is computed), the ``Backoff`` exception
+(``_backoff``), the protocol headers (``_protocol``), the delay topology's names and
+arguments (``_topology``), the retry plan (``_plan``) and nameko's wire format
+(:mod:`aio_backoff.core.nameko_wire`). Nothing here imports aio-pika, kombu or
+eventlet, so a nameko process can use all of it without loading aio-pika::
+
+    python -c "import sys, aio_backoff.core; assert 'aio_pika' not in sys.modules"
+"""
+
+from ._backoff import Backoff, RetryFor, as_backoff, backoff_class
+from ._plan import RetryPlan, plan_retry
+from ._protocol import (
+    DELAY_HEADER,
+    KEPT_PROPERTIES,
+    LEGACY_DEATH_HEADER,
+    PARKED_ERROR_HEADER,
+    PARKED_QUEUE_HEADER,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    RETRIES_HEADER,
+    delayed_headers,
+    legacy_retries,
+    parked_headers,
+    retries_done,
+)
+from ._schedule import (
+    Schedule,
+    capped,
+    exponential,
+    fixed,
+    full_jitter,
+    gauss_jitter,
+    round_to_nearest,
+    sequence,
+)
+from ._topology import (
+    DEFAULT_EXCHANGE,
+    EXPIRY_GRACE_PERIOD_MS,
+    MAX_DELAY_MS,
+    DelayQueue,
+    LeaseBook,
+    delay_queue,
+    delay_queue_name,
+    parking_queue_name,
+)
+
+__all__ = [
+    "DEFAULT_EXCHANGE",
+    "DELAY_HEADER",
+    "EXPIRY_GRACE_PERIOD_MS",
+    "KEPT_PROPERTIES",
+    "LEGACY_DEATH_HEADER",
+    "MAX_DELAY_MS",
+    "PARKED_ERROR_HEADER",
+    "PARKED_QUEUE_HEADER",
+    "PROTOCOL_HEADER",
+    "PROTOCOL_VERSION",
+    "RETRIES_HEADER",
+    "Backoff",
+    "DelayQueue",
+    "LeaseBook",
+    "RetryFor",
+    "RetryPlan",
+    "Schedule",
+    "as_backoff",
+    "backoff_class",
+    "capped",
+    "delay_queue",
+    "delay_queue_name",
+    "delayed_headers",
+    "exponential",
+    "fixed",
+    "full_jitter",
+    "gauss_jitter",
+    "legacy_retries",
+    "parked_headers",
+    "parking_queue_name",
+    "plan_retry",
+    "retries_done",
+    "round_to_nearest",
+    "sequence",
+]

@@ -1,0 +1,21 @@
+"""nameko's RPC and events spoken from asyncio, on aio-pika, with Backoff.
+
+``NamekoService`` (``_service``) serves RPC methods and event handlers,
+``NamekoRpcClient`` (``_client``) calls nameko services, ``EventDispatcher``
+(``_events``) dispatches events, and ``current_call`` (``_context``) is the call
+context of the running handler. The wire format itself is sans-IO, in
+:mod:`aio_backoff.core.nameko_wire`.
+"""
+
+from ._client import NamekoRpcClient
+from ._context import CallContext, current_call
+from ._events import EventDispatcher
+from ._service import NamekoService
+
+__all__ = [
+    "CallContext",
+    "EventDispatcher",
+    "NamekoRpcClient",
+    "NamekoService",
+    "current_call",
+]
