@@ -2,7 +2,8 @@
 
 Schedules (``_schedule``: where the delay is computed), the ``Backoff`` exception
 (``_backoff``), the protocol headers (``_protocol``), the delay topology's names and
-arguments (``_topology``), the retry plan (``_plan``) and nameko's wire format
+arguments (``_topology``), the retry plan (``_plan``), the
+ack and failure table (``_outcome``) and nameko's wire format
 (:mod:`aio_backoff.core.nameko_wire`). Nothing here imports aio-pika, kombu or
 eventlet, so a nameko process can use all of it without loading aio-pika::
 
@@ -10,6 +11,16 @@ eventlet, so a nameko process can use all of it without loading aio-pika::
 """
 
 from ._backoff import Backoff, RetryFor, as_backoff, backoff_class
+from ._outcome import (
+    ACTIONS,
+    Action,
+    FailurePolicy,
+    Outcome,
+    Reply,
+    Settle,
+    TransientTries,
+    decide,
+)
 from ._plan import RetryPlan, plan_retry
 from ._protocol import (
     DELAY_HEADER,
@@ -47,6 +58,7 @@ from ._topology import (
 )
 
 __all__ = [
+    "ACTIONS",
     "DEFAULT_EXCHANGE",
     "DELAY_HEADER",
     "EXPIRY_GRACE_PERIOD_MS",
@@ -58,15 +70,22 @@ __all__ = [
     "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
     "RETRIES_HEADER",
+    "Action",
     "Backoff",
     "DelayQueue",
+    "FailurePolicy",
     "LeaseBook",
+    "Outcome",
+    "Reply",
     "RetryFor",
     "RetryPlan",
     "Schedule",
+    "Settle",
+    "TransientTries",
     "as_backoff",
     "backoff_class",
     "capped",
+    "decide",
     "delay_queue",
     "delay_queue_name",
     "delayed_headers",
