@@ -11,7 +11,15 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/broker.sh --management
 with_rabbitmq4=1
-[[ "${AIO_BACKOFF_SKIP_RABBITMQ4:-0}" == 1 ]] && with_rabbitmq4=0
+if [[ "${AIO_BACKOFF_SKIP_RABBITMQ4:-0}" == 1 ]]; then
+  if [[ "${CI:-}" == true ]]; then
+    echo "error: CI tests on RabbitMQ 3 and 4 on every run; AIO_BACKOFF_SKIP_RABBITMQ4=1" \
+      "is for local runs only (unset it)" >&2
+    exit 1
+  fi
+  echo "warning: AIO_BACKOFF_SKIP_RABBITMQ4=1: the RabbitMQ 4 runs are skipped" >&2
+  with_rabbitmq4=0
+fi
 ((with_rabbitmq4)) && scripts/rabbitmq4.sh ensure
 
 bin=.venv/bin
