@@ -139,7 +139,8 @@ async def send_copy(
 
 
 async def queue_depth(channel: AbstractChannel, name: str) -> int:
-    queue = await channel.declare_queue(name, passive=True)
+    # not robust: a robust channel answers the next passive declare from its cache
+    queue = await channel.declare_queue(name, passive=True, robust=False)
     count = queue.declaration_result.message_count
     assert count is not None
     return count
@@ -1112,3 +1113,199 @@ async def test_a_call_the_broker_refuses_raises_its_error(
         await channel.exchange_delete(exchange)
         with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
             await client.call("anyone", "anything")
+
+
+# -- hostile input -------------------------------------------------------------------
+
+UNDECODABLE = [
+    b'{"args": [{"__type__": "decimal", "__value__": "xyz"}], "kwargs": {}}',
+    b'{"args": [{"__type__": "bytes", "__value__": 5}], "kwargs": {}}',
+    b'{"args": [{"__type__": "uuid", "__value__": 5}], "kwargs": {}}',
+    b'{"args": [{"__type__": "date", "__value__": 5}], "kwargs": {}}',
+    b"[" * 100_000,
+    b'\xff\xfe{"args": [], "kwargs": {}}',
+    b"not json",
+    b'{"args": {}, "kwargs": {}}',
+    b"[1, 2]",
+    b"null",
+    b'"text"',
+]
+"""Bodies nameko's serializer cannot decode, or whose shape is not a request."""
+
+
+async def test_undecodable_requests_are_answered_and_parked_without_stalling(
+    channel: AbstractChannel,
+    rpc: NamekoRpcClient,
+    service_name: str,
+    new_service: ServiceFactory,
+) -> None:
+    """Eleven undecodable requests (more than max_workers) each get a
+    MalformedRequest reply and are parked with the reason; the service still
+    answers a good call after them (before, each one stayed unacked for good)."""
+    service = new_service(max_workers=10)
+
+    @service.rpc
+    async def echo(value: Any = None) -> Any:
+        return value
+
+    async with service:
+        parking = await parked(channel, service.rpc_queue)
+        replies = [
+            await request_with_replies(channel, service, "echo", body)
+            for body in UNDECODABLE
+        ]
+        for reply_queue in replies:
+            error = json.loads((await get_one(reply_queue)).body)["error"]
+            assert error["exc_path"] == "nameko.exceptions.MalformedRequest"
+        await wait_for_depth(channel, parking.name, len(UNDECODABLE))
+        assert await rpc.call(service_name, "echo", 7) == 7
+        assert await queue_depth(channel, service.rpc_queue) == 0
+        kept = await get_one(parking)
+    assert kept.body == UNDECODABLE[0]
+    assert "undecodable" in kept.headers["backoff-error"]
+    assert kept.headers["backoff-queue"] == service.rpc_queue
+
+
+async def test_undecodable_events_are_parked_or_dead_lettered(
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+    unique_name: Callable[[str], str],
+    new_service: ServiceFactory,
+) -> None:
+    """Without a dead-letter exchange an undecodable event is parked; with one
+    (``queue_arguments``) it is rejected to it. The handler never runs."""
+    dlx = declared.exchange(unique_name("dlx"))
+    await channel.declare_exchange(dlx, aio_pika.ExchangeType.FANOUT)
+    dead = await channel.declare_queue(
+        declared.queue(unique_name("dead")), robust=False
+    )
+    await dead.bind(dlx)
+    plain = new_service()
+    with_dlx = new_service(
+        name=f"{service_name}_dlx", queue_arguments={"x-dead-letter-exchange": dlx}
+    )
+    ran: list[Any] = []
+
+    async def on_job(payload: Any) -> None:
+        ran.append(payload)
+
+    plain.event_handler(service_name, "job")(on_job)
+    with_dlx.event_handler(service_name, "job", name="on_job_dlx")(on_job)
+    async with plain, with_dlx:
+        parking = await parked(channel, plain.event_queues()[0])
+        exchange = await channel.get_exchange(f"{service_name}.events")
+        bodies = UNDECODABLE[:6]
+        for body in bodies:
+            await exchange.publish(aio_pika.Message(body), routing_key="job")
+        await wait_for_depth(channel, parking.name, len(bodies))
+        await wait_for_depth(channel, dead.name, len(bodies))
+        for queue in (*plain.event_queues(), *with_dlx.event_queues()):
+            assert await queue_depth(channel, queue) == 0
+    assert ran == []
+
+
+# -- the method id ---------------------------------------------------------------------
+
+
+async def test_a_fresh_request_is_routed_by_its_routing_key(
+    channel: AbstractChannel,
+    service_name: str,
+    new_service: ServiceFactory,
+) -> None:
+    """A request that did not come back through the delay topology is not trusted
+    with ``nameko.rpc_method_id`` (a nameko service that handled a retried request
+    sends it on with its onward calls); a delayed copy is."""
+    service = new_service()
+    ran: list[str] = []
+
+    @service.rpc
+    async def work() -> str:
+        ran.append("work")
+        return "work"
+
+    @service.rpc
+    async def other() -> str:
+        ran.append("other")
+        return "other"
+
+    async with service:
+        replies = await channel.declare_queue(exclusive=True)
+        await replies.bind("nameko-rpc", routing_key=replies.name)
+        forged = {RPC_METHOD_ID_HEADER: f"{service_name}.other"}
+        await send_request(
+            channel, service, "work", headers=forged, reply_to=replies.name
+        )
+        first = json.loads((await get_one(replies)).body)
+        await send_copy(channel, service, "other", reply_to=replies.name)
+        second = json.loads((await get_one(replies)).body)
+    assert first == {"result": "work", "error": None}
+    assert second == {"result": "other", "error": None}
+    assert ran == ["work", "other"]
+
+
+@pytest.mark.parametrize("raised", ["RemoteExpired", "Expired"])
+async def test_an_expired_upstream_call_is_not_retried_again(
+    raised: str,
+    rpc: NamekoRpcClient,
+    service_name: str,
+    new_service: ServiceFactory,
+) -> None:
+    """Finding 6: with ``retry_for=(Exception,)`` an upstream ``RemoteExpired`` (or
+    any ``Backoff.Expired``) is not turned into a new Backoff: the caller gets
+    the error at once and the method runs once (needs the change of
+    ``as_backoff`` that comes with nameko_bridge's fix)."""
+    service = new_service(backoff=Fast, retry_for=(Exception,))
+    runs: list[int] = []
+
+    @service.rpc
+    async def relay() -> None:
+        runs.append(1)
+        if raised == "RemoteExpired":
+            raise RemoteExpired("Expired", "Backoff aborted after '3' retries (~0s)")
+        raise Backoff.Expired("Backoff aborted after '3' retries (~0s)")
+
+    async with service:
+        with pytest.raises(RemoteError):
+            await rpc.call(service_name, "relay")
+    assert runs == [1]
+
+
+# -- graceful stop ---------------------------------------------------------------------
+
+
+async def test_stop_hands_back_a_message_waiting_out_its_pause(
+    channel: AbstractChannel,
+    service_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    new_service: ServiceFactory,
+) -> None:
+    """A message waiting out a long pause (a transient failure) goes back to its
+    queue as soon as the service stops; stop does not wait for the pause."""
+    slow = FailurePolicy(max_transient_tries=5, first_pause_s=30, max_pause_s=30)
+    service = new_service(backoff=Fast, failure_policy=slow, shutdown_timeout=20)
+    ran: list[int] = []
+
+    async def closed_channel(*args: Any, **kwargs: Any) -> None:
+        msg = "channel closed"
+        raise ChannelInvalidStateError(msg)
+
+    monkeypatch.setattr(DelayedPublisher, "retry", closed_channel)
+
+    @service.event_handler(service_name, "job")
+    async def on_job(payload: Any) -> None:
+        ran.append(1)
+        raise Backoff
+
+    loop = asyncio.get_running_loop()
+    await service.start()
+    try:
+        await service.dispatch("job", {})
+        await wait_until(lambda: bool(ran), what="the handler")
+        started = loop.time()
+    finally:
+        await service.stop()
+    assert loop.time() - started < 5
+    (queue,) = service.event_queues()
+    await wait_for_depth(channel, queue, 1)
+    assert ran == [1]
