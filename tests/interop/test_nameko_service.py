@@ -258,6 +258,7 @@ async def test_errors_reach_the_caller_as_nameko_reports_them(
 
 
 async def test_retry_for_and_a_plain_backoff_use_the_services_policy(
+    channel: AbstractChannel,
     rpc: NamekoRpcClient,
     service_name: str,
     new_service: ServiceFactory,
@@ -282,6 +283,9 @@ async def test_retry_for_and_a_plain_backoff_use_the_services_policy(
         assert await rpc.call(service_name, "flaky") == 2
         with pytest.raises(Backoff.Expired) as caught:
             await rpc.call(service_name, "plain")
+        # the caller got the error, and the expired request is kept, not acked away
+        kept = await get_one(await parked(channel, service.rpc_queue))
+    assert "Backoff aborted after '3' retries" in kept.headers["backoff-error"]
     assert calls == [0, 1, 2]
     assert isinstance(caught.value, RemoteExpired)
     assert caught.value.limit == 3
