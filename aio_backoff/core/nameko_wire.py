@@ -16,7 +16,10 @@ services, serve nameko callers and exchange events with them:
   ``nameko.call_id_stack`` header lists the call ids that led to this message
   (``{service}.{method}.{uuid}``, at most 11). A message that a service backed off
   carries ``nameko.rpc_method_id`` (the original routing key: the copy comes back
-  through the default exchange) and ``.backoff`` on the last call id.
+  through the default exchange) and ``.backoff`` on the last call id. That header
+  is trusted only on a copy that came back through the delay topology
+  (:func:`rpc_method_id`), and it is never context: it is not carried on to the
+  calls and events a handler makes (:func:`context_data`, :func:`context_headers`).
 - Bodies are JSON (``application/json``, utf-8), with kombu's envelopes
   ``{"__type__": ..., "__value__": ...}`` for datetimes, dates, times, decimals,
   UUIDs and bytes.
@@ -38,6 +41,8 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 from ._backoff import Backoff
+from ._protocol import RETRIES_HEADER, legacy_retries
+from ._topology import DEFAULT_EXCHANGE
 
 __all__ = [
     "BACKOFF_CALL_SUFFIX",
@@ -78,6 +83,7 @@ __all__ = [
     "protocol_error",
     "remote_error",
     "rpc_binding_key",
+    "rpc_method_id",
     "rpc_queue_name",
     "rpc_reply_queue_name",
     "rpc_routing_key",
@@ -88,7 +94,8 @@ RPC_EXCHANGE: Final = "nameko-rpc"
 HEADER_PREFIX: Final = "nameko"
 CALL_ID_STACK_KEY: Final = "call_id_stack"
 CALL_ID_STACK_HEADER: Final = f"{HEADER_PREFIX}.{CALL_ID_STACK_KEY}"
-RPC_METHOD_ID_HEADER: Final = f"{HEADER_PREFIX}.rpc_method_id"
+RPC_METHOD_ID_KEY: Final = "rpc_method_id"
+RPC_METHOD_ID_HEADER: Final = f"{HEADER_PREFIX}.{RPC_METHOD_ID_KEY}"
 """Written on a backed-off RPC copy (nameko-amqp-retry's name): the original routing
 key ``{service}.{method}``, which the copy loses on its way through the delay queue."""
 BACKOFF_CALL_SUFFIX: Final = ".backoff"
@@ -233,11 +240,16 @@ def backoff_call_id_stack(stack: Sequence[str]) -> list[str]:
 
 
 def context_headers(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Worker context to headers: ``{key: v}`` to ``{"nameko.key": v}``, no Nones."""
+    """Worker context to headers: ``{key: v}`` to ``{"nameko.key": v}``, no Nones.
+
+    ``rpc_method_id`` is never sent on: it names the method of the message being
+    handled, and a receiver that read it would run that method instead of the one
+    called.
+    """
     return {
         f"{HEADER_PREFIX}.{key}": value
         for key, value in data.items()
-        if value is not None
+        if value is not None and key != RPC_METHOD_ID_KEY
     }
 
 
@@ -245,14 +257,43 @@ def context_data(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     """Headers to worker context: the ``nameko.`` prefix stripped, the rest kept.
 
     The call-id stack comes back as a list of str (``[]`` when absent or malformed).
+    ``nameko.rpc_method_id`` is left out: it is the backed-off copy's routing key,
+    not context to carry on.
     """
     prefix = f"{HEADER_PREFIX}."
     data = {
         (key[len(prefix) :] if key.startswith(prefix) else key): value
         for key, value in (headers or {}).items()
+        if key not in (RPC_METHOD_ID_HEADER, RPC_METHOD_ID_KEY)
     }
     data[CALL_ID_STACK_KEY] = _as_stack(data.get(CALL_ID_STACK_KEY))
     return data
+
+
+def rpc_method_id(
+    headers: Mapping[str, Any] | None,
+    routing_key: str | None,
+    *,
+    exchange: str = DEFAULT_EXCHANGE,
+) -> str:
+    """The method id (``{service}.{method}``) an RPC request is for.
+
+    A delayed copy comes back through the default exchange with its queue's name as
+    routing key, so it names its method in ``nameko.rpc_method_id``. Only a message
+    that came back through the delay topology (it carries ``backoff-retries``, or
+    an ``x-death`` of ``exchange``'s queues from nameko-amqp-retry) is trusted with
+    that header: nameko copies every ``nameko.*`` header of a request into the
+    worker context, so a nameko service that handles a retried request sends the
+    header on with the calls it makes. Any other request is routed by
+    ``routing_key``.
+    """
+    if headers and (RETRIES_HEADER in headers or legacy_retries(headers, exchange) > 0):
+        method_id = headers.get(RPC_METHOD_ID_HEADER)
+        if isinstance(method_id, bytes):
+            method_id = method_id.decode(errors="replace")
+        if isinstance(method_id, str) and method_id:
+            return method_id
+    return routing_key or ""
 
 
 def _as_stack(value: Any) -> list[str]:
@@ -325,9 +366,30 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, default=_default).encode(CONTENT_ENCODING)
 
 
+_UNDECODABLE = (
+    ValueError,  # not JSON, not UTF-8, a bad date or base64
+    TypeError,  # an envelope holding the wrong type (``{"__type__": "date", ...: 1}``)
+    AttributeError,  # ``{"__type__": "bytes", "__value__": 1}``
+    ArithmeticError,  # ``{"__type__": "decimal", "__value__": "xyz"}``
+    RecursionError,  # ``b"[" * 100000``
+)
+
+
 def loads(body: bytes | str) -> Any:
-    """The value of a JSON body written by nameko (or :func:`dumps`)."""
-    return json.loads(body, object_hook=_object_hook)
+    """The value of a JSON body written by nameko (or :func:`dumps`).
+
+    Raises ``ValueError`` for any body that cannot be decoded: not JSON, not UTF-8,
+    nested too deep, or an envelope whose value does not fit its type.
+    """
+    try:
+        return json.loads(body, object_hook=_object_hook)
+    except _UNDECODABLE as error:
+        shown = body[:80] if isinstance(body, bytes | str) else body
+        msg = (
+            f"the body {shown!r} (length {len(body)}) is not nameko's JSON: "
+            f"{type(error).__name__}: {str(error)[:200]}"
+        )
+        raise ValueError(msg) from error
 
 
 def encode_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
@@ -340,7 +402,7 @@ def decode_request(body: bytes) -> tuple[list[Any], dict[str, Any]]:
     try:
         payload = loads(body)
     except ValueError as error:
-        msg = f"RPC request body is not JSON: {error}"
+        msg = f"RPC request body cannot be decoded: {error}"
         raise nameko_error(MalformedRequest, msg) from error
     if not isinstance(payload, dict) or not {"args", "kwargs"} <= payload.keys():
         msg = "Message missing `args` or `kwargs`"

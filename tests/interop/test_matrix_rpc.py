@@ -41,6 +41,7 @@ async def aio_service(
     service = NamekoService(connection, unique_name("aiosvc").replace(".", "_"))
     service.rpc(name="work", backoff=Fast)(side.work)
     declared.queue(service.rpc_queue)
+    declared.queue(f"{service.rpc_queue}.parked")  # where the expired request is kept
     async with service:
         yield service, side
 

@@ -11,6 +11,7 @@ import pytest
 from aio_backoff import Backoff, backoff_class
 from aio_backoff.core.nameko_wire import (
     BROADCAST,
+    RPC_METHOD_ID_HEADER,
     SERVICE_POOL,
     SINGLETON,
     EventQueue,
@@ -37,6 +38,7 @@ from aio_backoff.core.nameko_wire import (
     protocol_error,
     remote_error,
     rpc_binding_key,
+    rpc_method_id,
     rpc_queue_name,
     rpc_reply_queue_name,
     rpc_routing_key,
@@ -223,7 +225,25 @@ def test_request_round_trip() -> None:
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        (b"not json", "not JSON"),
+        (b"not json", "not nameko's JSON"),
+        (b"\xff\xfe{", "not nameko's JSON"),
+        (b"[" * 100_000, "RecursionError"),
+        (
+            b'{"args": [{"__type__": "decimal", "__value__": "xyz"}], "kwargs": {}}',
+            "Invalid",
+        ),
+        (
+            b'{"args": [{"__type__": "bytes", "__value__": 1}], "kwargs": {}}',
+            "Attribute",
+        ),
+        (
+            b'{"args": [{"__type__": "uuid", "__value__": 1}], "kwargs": {}}',
+            "not nameko",
+        ),
+        (
+            b'{"args": [{"__type__": "date", "__value__": 1}], "kwargs": {}}',
+            "TypeError",
+        ),
         (b"[]", "missing"),
         (b'{"args": []}', "missing"),
         (b'{"args": {}, "kwargs": {}}', "must be a list"),
@@ -235,6 +255,60 @@ def test_malformed_requests(body: bytes, match: str) -> None:
         decode_request(body)
     assert caught.value.exc_path == "nameko.exceptions.MalformedRequest"
     assert serialize_error(caught.value)["exc_type"] == "MalformedRequest"
+
+
+def test_undecodable_bodies_raise_value_error_only() -> None:
+    """Whatever a body holds, ``loads`` raises ValueError (never RecursionError,
+    AttributeError, TypeError or decimal.InvalidOperation), so every caller that
+    handles ValueError settles the message."""
+    for body in (
+        b"[" * 100_000,
+        b'{"__type__": "decimal", "__value__": "xyz"}',
+        b'{"__type__": "bytes", "__value__": 1}',
+        b'{"__type__": "uuid", "__value__": 1}',
+        b'{"__type__": "time", "__value__": []}',
+        b"\xc3\x28",
+    ):
+        with pytest.raises(ValueError, match="not nameko's JSON"):
+            loads(body)
+
+
+def test_the_method_id_header_is_trusted_only_on_a_delayed_copy() -> None:
+    forged = {RPC_METHOD_ID_HEADER: "svc.other"}
+    assert rpc_method_id(forged, "svc.called") == "svc.called"
+    assert rpc_method_id({}, "svc.called") == "svc.called"
+    assert rpc_method_id(None, None) == ""
+    copy = {**forged, "backoff-retries": 1}
+    assert rpc_method_id(copy, "rpc-svc") == "svc.other"
+    legacy = {
+        **forged,
+        "x-death": [{"exchange": "backoff", "count": 1, "queue": "backoff--5ms"}],
+    }
+    assert rpc_method_id(legacy, "rpc-svc") == "svc.other"
+    assert rpc_method_id(legacy, "rpc-svc", exchange="elsewhere") == "rpc-svc"
+    assert rpc_method_id({"backoff-retries": 1}, "rpc-svc") == "rpc-svc"
+
+
+def test_the_method_id_is_never_context() -> None:
+    headers = {
+        RPC_METHOD_ID_HEADER: "svc.work",
+        "nameko.user_id": "u",
+        "nameko.call_id_stack": ["a.b.1"],
+    }
+    data = context_data(headers)
+    assert data == {"user_id": "u", "call_id_stack": ["a.b.1"]}
+    assert context_headers({"rpc_method_id": "svc.work", "user_id": "u"}) == {
+        "nameko.user_id": "u"
+    }
+    # nor sent on by a call or event made inside a handler, whatever it was given
+    token = _current.set(
+        CallContext("svc", "work", ("a.b.1",), data={"rpc_method_id": "svc.work"})
+    )
+    try:
+        sent = outgoing_headers("svc", "call", {"rpc_method_id": "svc.work"})
+    finally:
+        _current.reset(token)
+    assert RPC_METHOD_ID_HEADER not in sent
 
 
 def test_reply_round_trip() -> None:

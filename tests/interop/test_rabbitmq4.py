@@ -3,15 +3,19 @@ message, so a count read from ``x-death`` alone (nameko-amqp-retry 0.7.1's) neve
 passes 1 and retries forever. Our ``backoff-retries`` header still reaches the limit.
 
 Runs against the 4.x broker of ``scripts/rabbitmq4.sh`` whichever broker the suite
-targets, and is skipped when that broker is not up.
+targets. When that broker is not up it is skipped locally, but fails in CI
+(``CI=true``): there a missing broker is a broken run, not a reason to skip.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -27,13 +31,24 @@ from aio_backoff import (
 )
 from tests import brokers
 from tests.interop.jobs import Fast
-from tests.interop.processes import wait_until
+from tests.interop.processes import ROOT, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
 RABBITMQ4_URL = os.environ.get(
     "AIO_BACKOFF_RABBITMQ4_URL", "amqp://guest:guest@127.0.0.1:5673/"
 )
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def missing_broker(reason: str) -> None:
+    """Skip the test locally; fail it in CI, where the 4.x broker must be up."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: the 4.x broker is required)", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -43,15 +58,15 @@ async def rabbitmq4() -> AsyncIterator[AbstractRobustConnection]:
     try:
         connection = await aio_pika.connect_robust(url, timeout=3)
     except (OSError, ConnectionError, aio_pika.exceptions.AMQPError) as error:
-        pytest.skip(
+        missing_broker(
             f"no RabbitMQ 4.x broker at {url} ({error!r}); start it with "
-            "`scripts/rabbitmq4.sh ensure` (CI does)"
+            "`scripts/rabbitmq4.sh ensure`"
         )
     version = connection.transport.connection.server_properties.get("version", b"")
     version = version.decode() if isinstance(version, bytes) else str(version)
     if not version.startswith("4."):
         await connection.close()
-        pytest.skip(f"the broker at {url} is RabbitMQ {version}, not 4.x")
+        missing_broker(f"the broker at {url} is RabbitMQ {version}, not 4.x")
     try:
         yield connection
     finally:
@@ -94,3 +109,47 @@ async def test_our_count_reaches_the_limit_while_x_death_stays_at_1(
     assert ours == [0, 1, 2, 3]
     assert from_x_death == [0, 1, 1, 1]  # what nameko-amqp-retry 0.7.1 would see
     assert expired[0].error.retries == 3
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "1 error"), ("", "1 skipped")])
+def test_a_missing_broker_fails_in_ci_and_skips_locally(
+    ci: str, outcome: str, tmp_path: Path
+) -> None:
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "from tests.interop.test_rabbitmq4 import rabbitmq4  # noqa: F401\n\n"
+        "async def test_needs_it(rabbitmq4):\n"
+        "    pass\n"
+    )
+    env = {
+        **os.environ,
+        "CI": ci,
+        "AIO_BACKOFF_BROKER": "rabbitmq3",
+        "AIO_BACKOFF_RABBITMQ4_URL": "amqp://guest:guest@127.0.0.1:1/",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:pytest_eventlet",
+            "-p",
+            "no:pytest_nameko",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "-q",
+            str(probe),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    assert outcome in done.stdout, done.stdout + done.stderr
+    assert (done.returncode != 0) == (ci == "true")  # a broken run in CI

@@ -23,6 +23,7 @@ import os
 
 from kombu import Queue
 from nameko.extensions import DependencyProvider
+from nameko.rpc import RpcProxy
 
 LIBRARY = os.environ.get("INTEROP_LIBRARY", "nameko_bridge")
 PREFIX = os.environ["INTEROP_PREFIX"]
@@ -38,6 +39,8 @@ EVENT_SOURCE = f"{PREFIX}_src"
 JOBS_QUEUE = f"{PREFIX}-jobs"
 SHARED_QUEUE = f"{PREFIX}-shared"
 MIGRATION_QUEUE = f"{PREFIX}-migration"
+ASYNCIO_DOWNSTREAM = f"{PREFIX}_aio_down"
+"""The asyncio service a chain calls (``test_matrix_chain.py`` runs it)."""
 
 
 class Fast(retrying.Backoff):
@@ -140,3 +143,27 @@ class MigrationService:
     @consume(Queue(MIGRATION_QUEUE, durable=True))
     def consume_migration(self, job):
         return attempt(self.ctx, job, Fast)
+
+
+class ChainService:
+    """A retried RPC method that then calls another service (issue 7, finding 1).
+
+    ``chain(job, target)`` backs off once; on the retried delivery it calls
+    ``work(job)`` of the nameko service (``target == "nameko"``) or of the asyncio
+    one, and returns its result. nameko copies every ``nameko.*`` header of the
+    retried request into the worker context, ``nameko.rpc_method_id`` included,
+    so the onward call carries it: the receiver must not trust it.
+    """
+
+    name = f"{PREFIX}_chain_{LIBRARY}"
+    ctx = Attempt()
+    nameko_down = RpcProxy(SERVICE)
+    asyncio_down = RpcProxy(ASYNCIO_DOWNSTREAM)
+
+    @rpc
+    def chain(self, job, target):
+        retries = retries_of(self.ctx.data)
+        if retries < 1:
+            raise Fast()
+        proxy = self.nameko_down if target == "nameko" else self.asyncio_down
+        return {"retries": retries, "down": proxy.work(job)}
