@@ -312,7 +312,9 @@ class NamekoService(Lifecycle):
         self._channel = channel
         try:
             await channel.set_qos(prefetch_count=self.max_workers)
-            self._publisher = DelayedPublisher(channel, exchange=self.delay_exchange)
+            self._publisher = DelayedPublisher(
+                channel, delay_exchange=self.delay_exchange
+            )
             replies = self._replies_channel = await self.connection.channel()
             self._replies = await replies.declare_exchange(
                 self.rpc_exchange, aio_pika.ExchangeType.TOPIC, durable=True
