@@ -230,7 +230,7 @@ class Library:
         # by itself once unused
         self.exchange = unique("lib-delay")
         self.retrier = Retrier(
-            self.channel, backoff=self.backoff, exchange=self.exchange
+            self.channel, backoff=self.backoff, delay_exchange=self.exchange
         )
 
     async def round(self, messages: int) -> Round:

@@ -1,6 +1,6 @@
 """The asyncio consumer side: run a handler and settle its message by the ack table.
 
-:class:`Retrier` turns what a handler does into what happens to its message:
+:class:`Retrier` carries out :func:`aio_backoff.decide` (docs/reliability.md):
 
 ============================  ==========================================================
 handler outcome               message
@@ -8,19 +8,27 @@ handler outcome               message
 returns                       ack
 raises ``Backoff`` (or a      delayed copy published (mandatory + confirm), *then* the
 ``retry_for`` exception)      original is acked
-... copy cannot be placed     original ``nack(requeue=True)``; error logged
+... copy not placed,          back on its queue after a growing pause; at the
+transient                     ``FailurePolicy``'s try limit, dead-lettered or parked
+... copy not placed,          dead-lettered or parked at once, the reason in
+permanent                     ``backoff-error``; one ERROR line
+... planning error            as a permanent failure (``BackoffConfigError``)
 ... limit spent               the final action (``on_expired``, default
                               :func:`~aio_backoff.dead_letter_or_park`), then
                               ``Backoff.Expired`` is raised out of ``process()``
+... final action failed       back on its queue after a growing pause
 raises anything else          ``reject(requeue=requeue_on_error)`` (default: no requeue)
 cancelled (``CancelledError``)  ``nack(requeue=True)``, and the cancellation propagates
 ============================  ==========================================================
 
-A message the handler already settled itself is not settled again.
+A message the handler already settled itself is not settled again. While the
+publisher cannot publish at all, no new handler starts (the gate).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,7 +43,8 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 
-from ..core._backoff import Backoff, RetryFor, as_backoff
+from ..core._backoff import Backoff, BackoffConfigError, RetryFor, as_backoff
+from ..core._outcome import FailurePolicy, Outcome, Settle
 from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS
 from ._expiry import (
     BUILT_IN_ACTIONS,
@@ -44,7 +53,9 @@ from ._expiry import (
     dead_letter_or_park,
     run_final_action,
 )
-from ._publisher import CopyNotPlaced, DelayedPublisher
+from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, CopyNotPlaced, DelayedPublisher
+from ._renames import UNSET, renamed
+from ._settle import TransientFailures, keep, requeue
 
 __all__ = ["Handler", "Retrier", "RetryPolicy"]
 
@@ -161,6 +172,9 @@ class _Processing:
         return None if isinstance(source, str) else source.arguments
 
     async def __aenter__(self) -> AbstractIncomingMessage:
+        publisher = self.retrier.publisher
+        if not publisher.available:  # the gate: no handler while copies cannot go
+            await publisher.wait_available()
         return self.message
 
     async def __aexit__(
@@ -172,10 +186,17 @@ class _Processing:
         if exc is None:
             if not self.message.processed:
                 await self.message.ack()
+            self.retrier.failures.settled(self.message)
             return False
         if not isinstance(exc, Exception):
             # CancelledError, KeyboardInterrupt, ...: put it back and propagate
-            await self._requeue("the handler was interrupted", exc, logging.INFO)
+            await requeue(self.message, self.queue)
+            log.info(
+                "requeued message %r on queue %r: the handler was interrupted (%r)",
+                self.message.message_id,
+                self.queue,
+                exc,
+            )
             return False
         backoff = self.policy.backoff_for(exc)
         if backoff is None:
@@ -184,42 +205,15 @@ class _Processing:
         await self._retry(backoff)
         return True
 
-    async def _requeue(
-        self, why: str, error: BaseException, level: int = logging.ERROR
-    ) -> None:
-        """Put the message back on its queue (best effort) and log why."""
-        if self.message.processed:
-            return
-        try:
-            await self.message.nack(requeue=True)
-        except Exception:
-            log.exception(
-                "could not requeue message %r on queue %r (%s: %r); the broker "
-                "redelivers it when the channel closes",
-                self.message.message_id,
-                self.queue,
-                why,
-                error,
-            )
-        else:
-            log.log(
-                level,
-                "requeued message %r on queue %r: %s (%r)",
-                self.message.message_id,
-                self.queue,
-                why,
-                error,
-            )
-
     async def _reject(self, error: Exception) -> None:
-        requeue = self.policy.requeue_on_error
+        requeue_on_error = self.policy.requeue_on_error
         if not self.message.processed:
-            await self.message.reject(requeue=requeue)
+            await self.message.reject(requeue=requeue_on_error)
         log.info(
             "message %r from queue %r %s after %s: %s",
             self.message.message_id,
             self.queue,
-            "requeued" if requeue else "rejected",
+            "requeued" if requeue_on_error else "rejected",
             type(error).__name__,
             error,
         )
@@ -227,25 +221,23 @@ class _Processing:
     async def _retry(self, backoff: Backoff) -> None:
         publisher = self.retrier.publisher
         try:
-            plan = await publisher.retry(self.message, backoff, target_queue=self.queue)
+            plan = publisher.plan(self.message, backoff, target_queue=self.queue)
         except Backoff.Expired as expired:
             await self._expire(expired)
             raise
-        except CopyNotPlaced as error:
-            if not self.message.processed:
-                await self.message.nack(requeue=True)
-            log.error(  # noqa: TRY400 - the reason is in the message
-                "message %r from queue %r goes back to its queue: %s",
-                self.message.message_id,
-                self.queue,
-                error,
-            )
-            raise
-        except BaseException as error:
-            await self._requeue("publishing its delayed copy failed", error)
+        except Exception as error:
+            await self._failed(Outcome.PLANNING_ERROR, f"planning error: {error}")
+            if isinstance(error, BackoffConfigError):
+                raise
+            raise BackoffConfigError(str(error)) from error
+        try:
+            await publisher.publish_copy(self.message, plan)
+        except CopyNotPlaced as failure:
+            await self._failed(failure.outcome, str(failure))
             raise
         if not self.message.processed:
             await self.message.ack()
+        self.retrier.failures.settled(self.message)
         log.info(
             "message %r from queue %r: retry #%r (limit %r) in %r ms",
             self.message.message_id,
@@ -253,6 +245,60 @@ class _Processing:
             plan.retry_number,
             plan.limit,
             plan.delay_ms,
+        )
+
+    async def _failed(self, outcome: Outcome, reason: str) -> None:
+        """Carry out the table's action for a failure of ours (not the handler's)."""
+        failures = self.retrier.failures
+        action, tries, pause = failures.decide(self.message, outcome)
+        if action.settle is Settle.REQUEUE_LATER:
+            log.log(
+                action.level,
+                "message %r from queue %r goes back to its queue in %.2f s (%s, "
+                "try %r of %r): %s",
+                self.message.message_id,
+                self.queue,
+                pause,
+                outcome,
+                tries,
+                failures.policy.max_transient_tries or "unlimited",
+                reason,
+            )
+            try:
+                await failures.pause(pause)
+            finally:  # also when cancelled: back on its queue now
+                await requeue(self.message, self.queue)
+            return
+        try:
+            done = await keep(
+                self.message,
+                queue=self.queue,
+                queue_arguments=self.queue_arguments,
+                publisher=self.retrier.publisher,
+                reason=reason,
+            )
+        except Exception as error:
+            if outcome is Outcome.FINAL_ACTION_FAILED:
+                raise
+            log.log(
+                action.level,
+                "message %r from queue %r: %s; keeping it failed: %s",
+                self.message.message_id,
+                self.queue,
+                reason,
+                error,
+            )
+            await self._failed(Outcome.FINAL_ACTION_FAILED, str(error))
+            return
+        failures.settled(self.message)
+        log.log(
+            action.level,
+            "message %r from queue %r %s (%s): %s",
+            self.message.message_id,
+            self.queue,
+            done,
+            outcome,
+            reason,
         )
 
     async def _expire(self, error: Backoff.Expired) -> None:
@@ -276,11 +322,17 @@ class _Processing:
             )
         try:
             await run_final_action(action, expired)
-        except BaseException as failure:
-            await self._requeue("its final action failed", failure)
+        except Exception as failure:
+            await self._failed(
+                Outcome.FINAL_ACTION_FAILED, f"its final action failed: {failure!r}"
+            )
+            raise
+        except BaseException:
+            await requeue(self.message, self.queue)
             raise
         if not self.message.processed:
             await self.message.ack()
+        self.retrier.failures.settled(self.message)
 
 
 class Retrier:
@@ -302,8 +354,11 @@ class Retrier:
         on_expired: ExpiryAction = dead_letter_or_park,
         requeue_on_error: bool = False,
         publisher: DelayedPublisher | None = None,
-        exchange: str = DEFAULT_EXCHANGE,
+        delay_exchange: str = DEFAULT_EXCHANGE,
         grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        failure_policy: FailurePolicy | None = None,
+        exchange: str = UNSET,
     ) -> None:
         self.policy = RetryPolicy(
             backoff=backoff,
@@ -311,9 +366,19 @@ class Retrier:
             on_expired=on_expired,
             requeue_on_error=requeue_on_error,
         )
+        self.failures = TransientFailures(failure_policy)
         self.publisher = publisher or DelayedPublisher(
-            channel, exchange=exchange, grace_ms=grace_ms
+            channel,
+            delay_exchange=renamed(
+                "Retrier", "exchange", "delay_exchange", exchange, delay_exchange
+            ),
+            grace_ms=grace_ms,
+            confirm_timeout=confirm_timeout,
+            failure_policy=failure_policy,
         )
+        self._consumers: list[tuple[AbstractQueue, ConsumerTag]] = []
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     def process(
         self,
@@ -366,7 +431,15 @@ class Retrier:
         )
         name = _queue_name(queue)
 
+        in_flight = self._in_flight
+
         async def on_message(message: AbstractIncomingMessage) -> None:
+            if self._stopping:  # delivered after the consumer was cancelled
+                await requeue(message, name)
+                return
+            task = asyncio.current_task()
+            if task is not None:
+                in_flight.add(task)
             try:
                 async with _Processing(self, message, queue, policy, name):
                     await handler(message)
@@ -374,8 +447,8 @@ class Retrier:
                 log.exception(
                     "message %r from queue %r expired", message.message_id, name
                 )
-            except CopyNotPlaced:
-                pass  # logged with its reason when the original was requeued
+            except (CopyNotPlaced, BackoffConfigError):
+                pass  # logged with its reason when the message was settled
             except Exception:
                 log.exception(
                     "handler %r failed on message %r from queue %r",
@@ -383,6 +456,8 @@ class Retrier:
                     message.message_id,
                     name,
                 )
+            finally:
+                in_flight.discard(task)
 
         on_message.__qualname__ = f"retrying({getattr(handler, '__qualname__', '?')})"
         return on_message
@@ -416,8 +491,38 @@ class Retrier:
             on_expired=on_expired,
             requeue_on_error=requeue_on_error,
         )
-        return await queue.consume(callback, **consume_kwargs)
+        tag = await queue.consume(callback, **consume_kwargs)
+        self._consumers.append((queue, tag))
+        return tag
+
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Stop gracefully: take no more messages, let handlers finish, then close.
+
+        Cancels the consumers :meth:`consume` started; handlers in flight get
+        ``timeout`` seconds to finish (and settle their messages); the rest are
+        cancelled, which puts their messages back on their queues. Messages
+        delivered after the cancel are put back unhandled. Then :meth:`close`.
+        """
+        self._stopping = True
+        consumers, self._consumers = self._consumers, []
+        for queue, tag in consumers:
+            with contextlib.suppress(Exception):  # its channel may be gone already
+                await queue.cancel(tag)
+        pending = set(self._in_flight)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+            log.warning(
+                "stopped with %r handlers still running after %r s; their messages "
+                "went back to their queues",
+                len(pending),
+                timeout,
+            )
+        await self.close()
 
     async def close(self) -> None:
-        """Close the publisher's channel."""
+        """Close the publisher's own connection (see :meth:`stop` to drain first)."""
         await self.publisher.close()

@@ -61,8 +61,23 @@ ExpiryAction: TypeAlias = Callable[[ExpiredMessage], Awaitable[Any]]
 async def dead_letter(expired: ExpiredMessage) -> None:
     """Reject without requeue, so the queue's dead-letter exchange takes the message.
 
-    Without a dead-letter exchange (declared or set by policy) the broker drops it.
+    When the queue's declare arguments name a dead-letter exchange (or, for the
+    default exchange, a dead-letter queue) that does not exist, the message is
+    parked instead (:func:`park`). A dead-letter exchange set by a policy cannot be
+    checked: without one the broker drops the message.
     """
+    missing = await expired.publisher.dead_letter_target_missing(
+        expired.queue_arguments
+    )
+    if missing is not None:
+        log.warning(
+            "message %r from queue %r expired, and %s: parking it instead",
+            expired.message.message_id,
+            expired.queue,
+            missing,
+        )
+        await park(expired)
+        return
     await expired.message.reject(requeue=False)
     log.warning(
         "message %r from queue %r expired (%s); dead-lettered through the queue's "

@@ -1,18 +1,15 @@
 """Publishing delayed copies and parked messages, with mandatory + publisher confirms.
 
 :class:`DelayedPublisher` carries out a :class:`~aio_backoff.RetryPlan`: it declares
-the delay topology when its lease is due (see :class:`~aio_backoff.LeaseBook`),
-publishes a copy of the message with ``mandatory`` set and waits for the broker's
-confirm. A copy that comes back unroutable (its delay queue expired or was deleted)
-is declared and published once more; if that fails too, :class:`CopyNotPlaced` is
-raised and the caller must put the original back on its queue.
+the delay topology when its lease is due (:mod:`._leases`), publishes a copy of the
+message with ``mandatory`` set and waits, at most ``confirm_timeout`` seconds, for the
+broker's confirm. A copy that comes back unroutable (its delay queue expired or was
+deleted) or finds its exchange gone is declared and published once more. Whatever
+still fails raises :class:`CopyNotPlaced`, which says whether it is permanent.
 
-The publisher works on a channel of its own, opened on the connection of the channel
-it is given: a declare that the broker refuses (``PRECONDITION_FAILED`` when a queue
-or exchange already exists with other arguments) closes only that channel, never
-the channel the application consumes on, and the returned-message bookkeeping of
-the publisher cannot be disturbed by the application's own publishes. The channel
-is opened on first use and opened again after it was closed.
+It works on a connection of its own (:mod:`._connection`), so that a refusal can
+close neither the channel nor the connection the application consumes on.
+Parking (:mod:`._parking`) and the ``message_id`` claims (:mod:`._claims`) share it.
 """
 
 from __future__ import annotations
@@ -26,28 +23,37 @@ import aiormq
 import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import (
-    AMQPChannelError,
+    ChannelClosed,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
-    DeliveryError,
     PublishError,
 )
-from pamqp.commands import Basic
 
 from ..core._backoff import Backoff
+from ..core._outcome import FailurePolicy
 from ..core._plan import RetryPlan, plan_retry
-from ..core._protocol import KEPT_PROPERTIES, parked_headers
-from ..core._topology import (
-    DEFAULT_EXCHANGE,
-    EXPIRY_GRACE_PERIOD_MS,
-    DelayQueue,
-    LeaseBook,
-    parking_queue_name,
+from ..core._protocol import KEPT_PROPERTIES, encodable_headers, parked_headers
+from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
+from ._claims import MessageIdClaims
+from ._connection import PublishingConnection
+from ._failures import (
+    REFUSED,
+    CopyNotPlaced,
+    PublisherUnavailable,
+    describe,
+    not_placed,
 )
+from ._leases import DelayQueueLeases
+from ._parking import Parking
+from ._renames import UNSET, renamed
 
-__all__ = ["CopyNotPlaced", "DelayedPublisher"]
+__all__ = ["DEFAULT_CONFIRM_TIMEOUT_S", "CopyNotPlaced", "DelayedPublisher"]
 
 log = logging.getLogger("aio_backoff").getChild("republish")
+
+DEFAULT_CONFIRM_TIMEOUT_S = 10.0
+"""Seconds a publish waits for the broker's confirm before it counts as failed
+(transient: the original goes back to its queue after a pause)."""
 
 _PROPERTY_NAMES = {"type": "message_type"}
 """aio-pika attribute name -> AMQP property name, where they differ."""
@@ -55,31 +61,26 @@ _PROPERTY_NAMES = {"type": "message_type"}
 _KEPT = tuple((name, _PROPERTY_NAMES.get(name, name)) for name in KEPT_PROPERTIES)
 """``KEPT_PROPERTIES`` as (aio-pika attribute, AMQP property) name pairs."""
 
-
-class CopyNotPlaced(Exception):
-    """The broker did not take a delayed (or parked) copy of a message.
-
-    It returned the copy as unroutable even after a fresh declare, nacked it, or
-    refused to declare the topology. The original message has not been settled:
-    put it back on its queue (``nack(requeue=True)``) so that nothing is lost.
-    """
-
-
-def _returned_reason(error: PublishError) -> str:
-    delivery = None if error.message is None else error.message.delivery
-    if isinstance(delivery, Basic.Return):
-        return f"returned by the broker: {delivery.reply_code} {delivery.reply_text}"
-    return "returned by the broker"  # pragma: no cover - aiormq always sets it
+_INTERRUPTED = (ChannelInvalidStateError, ChannelClosed)
+"""A channel closed under a publish: one more try on a fresh channel."""
+_ONCE_MORE = (PublishError, ChannelNotFoundEntity, *_INTERRUPTED)
+"""Failures a fresh declare (on a fresh channel) may mend."""
 
 
 class DelayedPublisher:
     """Publishes delayed copies through the delay topology, with mandatory + confirms.
 
-    ``channel`` is any channel of the connection to publish on; the publisher opens
-    a channel of its own on that connection (see the module docstring for why).
-    ``exchange`` and ``grace_ms`` name the delay topology (the defaults are the
-    nameko-amqp-retry ones); ``lease_book`` may be shared by publishers of one
-    process so that each delay queue is renewed once per half grace period.
+    - ``channel``: any channel of the consumer's connection; the publisher opens a
+      connection of its own from that connection's URL (or from ``url``).
+    - ``delay_exchange`` and ``grace_ms`` name the delay topology (the defaults are
+      nameko-amqp-retry's); ``exchange=`` is the deprecated name of
+      ``delay_exchange``.
+    - ``lease_book`` may be shared by the publishers of one process, so that each
+      delay queue is renewed once per half grace period.
+    - ``confirm_timeout``: seconds to wait for each confirm (default
+      :data:`DEFAULT_CONFIRM_TIMEOUT_S`).
+    - ``failure_policy``: the pauses of the gate's probe (see
+      :class:`~aio_backoff.FailurePolicy`).
 
     A message without a ``message_id`` gets a random one on its copy: aiormq needs
     one to match a returned copy to its publish. Copies of messages that share a
@@ -90,74 +91,58 @@ class DelayedPublisher:
         self,
         channel: AbstractChannel,
         *,
-        exchange: str = DEFAULT_EXCHANGE,
+        delay_exchange: str = DEFAULT_EXCHANGE,
         grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
         lease_book: LeaseBook | None = None,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        url: str | None = None,
+        failure_policy: FailurePolicy | None = None,
+        exchange: str = UNSET,
     ) -> None:
         self.source_channel = channel
-        self.exchange = exchange
+        self.delay_exchange: str = renamed(
+            "DelayedPublisher", "exchange", "delay_exchange", exchange, delay_exchange
+        )
         self.grace_ms = grace_ms
-        self.lease_book = LeaseBook() if lease_book is None else lease_book
-        self._channel: aiormq.abc.AbstractChannel | None = None
-        self._open_lock = asyncio.Lock()
-        self._in_flight: dict[str, asyncio.Event | None] = {}
-        self._renewing: dict[tuple[str, str], asyncio.Lock] = {}
+        self.confirm_timeout = confirm_timeout
+        self.connection = PublishingConnection(
+            channel, url=url, open_timeout=confirm_timeout, policy=failure_policy
+        )
+        self.leases = DelayQueueLeases(lease_book)
+        self.claims = MessageIdClaims()
+        self.parking = Parking(
+            self.connection, self.claims, confirm_timeout=confirm_timeout
+        )
+        self.uncertain_publishes = 0
+        """Publishes interrupted after they were sent (channel closed, no confirm in
+        time): the broker may have taken the copy, so the message may come back
+        twice. Counted here and logged; never a loss."""
 
-    # -- channel ---------------------------------------------------------------
+    @property
+    def lease_book(self) -> LeaseBook:
+        return self.leases.book
 
-    async def _publishing_channel(self) -> aiormq.abc.AbstractChannel:
-        """Our own confirming channel, opened (again) when needed."""
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._open_lock:
-            if self._channel is None or self._channel.is_closed:
-                underlay = await self.source_channel.get_underlay_channel()
-                self._channel = await underlay.connection.channel(
-                    publisher_confirms=True,
-                    on_return_raises=True,
-                )
-                log.debug(
-                    "opened publishing channel %r on %r",
-                    self._channel.number,
-                    underlay.connection,
-                )
-            return self._channel
+    @property
+    def exchange(self) -> str:
+        """Deprecated name of :attr:`delay_exchange`."""
+        return self.delay_exchange
+
+    # -- the gate ---------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Whether the publisher can publish, as far as it knows."""
+        return self.connection.is_open
+
+    async def wait_available(self) -> None:
+        """Return once the publisher can publish again (at once when it can)."""
+        await self.connection.wait_open()
 
     async def close(self) -> None:
-        """Close the publisher's own channel (the given channel is left alone)."""
-        channel, self._channel = self._channel, None
-        if channel is not None and not channel.is_closed:
-            await channel.close()
+        """Close the publisher's own connection (the given channel is left alone)."""
+        await self.connection.close()
 
-    async def _claim(self, message_id: str | None) -> None:
-        """Wait until no other copy of ``message_id`` is in flight, then claim it.
-
-        Publishes of one ``message_id`` are serialised because aiormq matches a
-        returned copy to its publish by it (a copy without one gets a random one
-        from aiormq: nothing to claim). Pair with :meth:`_release`. The event a
-        waiter needs is made by the first waiter, so an uncontended claim (the
-        usual case) costs a dict entry and nothing else.
-        """
-        if not message_id:
-            return
-        in_flight = self._in_flight
-        while message_id in in_flight:
-            busy = in_flight[message_id]
-            if busy is None:
-                busy = in_flight[message_id] = asyncio.Event()
-            await busy.wait()
-        in_flight[message_id] = None
-
-    def _release(self, message_id: str | None) -> None:
-        """End the claim :meth:`_claim` made and wake whoever waits for it."""
-        if not message_id:
-            return
-        busy = self._in_flight.pop(message_id)
-        if busy is not None:
-            busy.set()
-
-    # -- what a copy looks like ------------------------------------------------
+    # -- what a copy looks like ------------------------------------------------------
 
     def copy_headers(
         self,
@@ -167,7 +152,8 @@ class DelayedPublisher:
     ) -> dict[str, Any]:
         """The headers of the delayed copy: ``plan.headers`` plus ``extra_headers``.
 
-        A hook: override it to change what the copy carries.
+        A hook: override it to change what the copy carries (it is made encodable
+        again afterwards).
         """
         headers = dict(plan.headers)
         if extra_headers:
@@ -195,54 +181,7 @@ class DelayedPublisher:
             expiration=expiration,
         )
 
-    # -- publishing ------------------------------------------------------------
-
-    async def _declare(
-        self, channel: aiormq.abc.AbstractChannel, queue: DelayQueue
-    ) -> None:
-        started = self.lease_book.now()
-        await channel.exchange_declare(
-            queue.exchange, exchange_type="headers", durable=True
-        )
-        await channel.queue_declare(queue.name, durable=True, arguments=queue.arguments)
-        await channel.queue_bind(
-            queue.name,
-            queue.exchange,
-            routing_key="",
-            arguments=queue.binding_arguments,
-        )
-        self.lease_book.declared(queue, at=started)
-        log.debug(
-            "declared delay queue %r on exchange %r (x-expires %r ms)",
-            queue.name,
-            queue.exchange,
-            queue.arguments["x-expires"],
-        )
-
-    async def _renew_lease(self, queue: DelayQueue, *, force: bool) -> None:
-        """Declare ``queue`` once for all the publishes that find its lease due.
-
-        Without this, every publish in flight when a lease falls due (up to the
-        consumers' prefetch) declares the exchange, queue and binding itself: a burst
-        of synchronous round trips that also hold the channel's lock, so the
-        publishes queue up behind them. ``force`` (a copy came back unroutable)
-        declares even if the lease looks fresh.
-        """
-        lock = self._renewing.setdefault((queue.exchange, queue.name), asyncio.Lock())
-        async with lock:
-            if force or self.lease_book.needs_declare(queue):
-                await self._declare(await self._publishing_channel(), queue)
-
-    def _not_placed(self, plan: RetryPlan, reason: str) -> CopyNotPlaced:
-        queue = plan.delay_queue
-        return CopyNotPlaced(
-            f"the delayed copy of a message for queue {plan.routing_key!r} "
-            f"(retry #{plan.retry_number}, {plan.delay_ms} ms via exchange "
-            f"{queue.exchange!r} and delay queue {queue.name!r}) could not be "
-            f"placed: {reason}. Put the original back on its queue; check that "
-            "the exchange and the delay queue can be declared with the arguments "
-            "of docs/protocol.md and that no policy rejects the copy."
-        )
+    # -- publishing -------------------------------------------------------------------
 
     async def publish_copy(
         self,
@@ -254,67 +193,103 @@ class DelayedPublisher:
         """Publish the delayed copy ``plan`` describes; confirmed when this returns.
 
         Declares the topology when its lease is due; declares and publishes once
-        more when the copy comes back unroutable. Raises :class:`CopyNotPlaced` when
-        the copy cannot be placed. Never settles ``message``.
+        more when the copy comes back unroutable, its exchange is gone or its
+        channel closed under it. Raises :class:`CopyNotPlaced` (``permanent`` or
+        not) when the copy cannot be placed. Never settles ``message``.
         """
-        queue = plan.delay_queue
+        headers = self.copy_headers(message, plan, extra_headers)
+        if (
+            extra_headers
+            or type(self).copy_headers is not DelayedPublisher.copy_headers
+        ):
+            headers = encodable_headers(headers)
         properties = self.copy_properties(
-            message,
-            headers=self.copy_headers(message, plan, extra_headers),
-            expiration=plan.expiration_ms,
+            message, headers=headers, expiration=plan.expiration_ms
         )
-        failure: Exception | None = None
-        reason = ""
         message_id = properties.message_id
-        await self._claim(message_id)
+        await self.claims.claim(message_id)
         try:
-            for attempt in (1, 2):
-                try:
-                    if attempt == 2 or self.lease_book.needs_declare(queue):
-                        await self._renew_lease(queue, force=attempt == 2)
-                    channel = self._channel
-                    if channel is None or channel.is_closed:
-                        channel = await self._publishing_channel()
-                    await channel.basic_publish(
-                        message.body,
-                        exchange=queue.exchange,
-                        routing_key=plan.routing_key,
-                        properties=properties,
-                        mandatory=True,
-                    )
-                except PublishError as error:
-                    reason, failure = _returned_reason(error), error
-                except ChannelNotFoundEntity as error:
-                    # the exchange was deleted since we declared it
-                    reason, failure = f"refused by the broker: {error}", error
-                except ChannelInvalidStateError as error:
-                    # another publish's refused declare closed the shared channel
-                    # under this one: the next attempt opens a fresh channel
-                    reason, failure = f"interrupted (channel closed: {error})", error
-                except DeliveryError as error:
-                    raise self._not_placed(
-                        plan, f"nacked by the broker ({error.frame!r})"
-                    ) from error
-                except AMQPChannelError as error:
-                    self.lease_book.forget(queue)
-                    raise self._not_placed(
-                        plan, f"the broker closed the publishing channel: {error}"
-                    ) from error
-                else:
-                    return
-                self.lease_book.forget(queue)
-                if attempt == 1:
-                    log.warning(
-                        "delayed copy for queue %r was %s; declaring delay queue %r "
-                        "again and publishing once more",
-                        plan.routing_key,
-                        reason,
-                        queue.name,
-                    )
+            await self._place(message.body, plan, properties)
         finally:
-            self._release(message_id)
-        raise self._not_placed(plan, f"{reason}, also after a fresh declare") from (
-            failure
+            self.claims.release(message_id)
+
+    async def _channel(self, what: str) -> aiormq.abc.AbstractChannel:
+        """The publishing channel; :class:`PublisherUnavailable` if it cannot open."""
+        try:
+            return await self.connection.channel()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.connection.unavailable(repr(error))
+            msg = f"{what} found no channel to publish on: {error!r}"
+            raise PublisherUnavailable(msg) from error
+
+    def _failed(
+        self, error: Exception, what: str, plan: RetryPlan, *, sent: bool
+    ) -> CopyNotPlaced:
+        failure = not_placed(error, what)
+        if sent and not failure.permanent:
+            self._uncertain(what, error)
+        if isinstance(failure, PublisherUnavailable):
+            self.leases.forget(plan.delay_queue)
+            self.connection.unavailable(repr(error))
+        return failure
+
+    async def _place(
+        self, body: bytes, plan: RetryPlan, properties: aiormq.spec.Basic.Properties
+    ) -> None:
+        queue = plan.delay_queue
+        what = (
+            f"the delayed copy of a message for queue {plan.routing_key!r} "
+            f"(retry #{plan.retry_number}, {plan.delay_ms} ms via exchange "
+            f"{queue.exchange!r} and delay queue {queue.name!r})"
+        )
+        leases = self.leases
+        for again in (False, True):
+            channel = await self._channel(what)
+            sent = False
+            try:
+                if again or leases.due(queue):
+                    await leases.renew(channel, queue, force=again)
+                sent = True
+                await channel.basic_publish(
+                    body,
+                    exchange=queue.exchange,
+                    routing_key=plan.routing_key,
+                    properties=properties,
+                    mandatory=True,
+                    timeout=self.confirm_timeout,
+                )
+            except asyncio.CancelledError:
+                raise
+            except _ONCE_MORE as error:
+                # returned (its delay queue expired or was deleted), exchange gone,
+                # or the channel closed under it: declare and publish once more
+                if again or isinstance(error, REFUSED):
+                    also = f"{what}, also after a fresh declare,"
+                    raise self._failed(error, also, plan, sent=sent) from error
+                if sent and isinstance(error, _INTERRUPTED):
+                    self._uncertain(what, error)
+                leases.forget(queue)
+                log.warning(
+                    "%s: %s; declaring delay queue %r again and publishing once more",
+                    what,
+                    describe(error),
+                    queue.name,
+                )
+            except Exception as error:
+                raise self._failed(error, what, plan, sent=sent) from error
+            else:
+                return
+
+    def _uncertain(self, what: str, error: BaseException) -> None:
+        self.uncertain_publishes += 1
+        log.warning(
+            "%s may have been placed before %r (uncertain publishes so far: %r); "
+            "the message may come back twice",
+            what,
+            error,
+            self.uncertain_publishes,
         )
 
     def plan(
@@ -322,13 +297,15 @@ class DelayedPublisher:
     ) -> RetryPlan:
         """:func:`~aio_backoff.plan_retry` for ``message`` on this delay topology.
 
-        Raises ``Backoff.Expired`` (chained from ``backoff``) when the limit is spent.
+        Raises ``Backoff.Expired`` (chained from ``backoff``) when the limit is
+        spent, :class:`~aio_backoff.BackoffConfigError` when the retry cannot be
+        planned.
         """
         return plan_retry(
             backoff,
             message.headers,
             target_queue=target_queue,
-            exchange=self.exchange,
+            exchange=self.delay_exchange,
             grace_ms=self.grace_ms,
         )
 
@@ -342,9 +319,8 @@ class DelayedPublisher:
     ) -> RetryPlan:
         """Plan the next retry of ``message`` and publish its delayed copy.
 
-        Raises ``Backoff.Expired`` (chained from ``backoff``) when the limit is spent
-        and :class:`CopyNotPlaced` when the copy cannot be placed. Does not settle
-        ``message``.
+        Raises ``Backoff.Expired``, ``BackoffConfigError`` or
+        :class:`CopyNotPlaced`. Does not settle ``message``.
         """
         plan = self.plan(message, backoff, target_queue=target_queue)
         await self.publish_copy(message, plan, extra_headers=extra_headers)
@@ -355,41 +331,31 @@ class DelayedPublisher:
         message: AbstractIncomingMessage,
         *,
         queue: str,
-        error: BaseException,
+        error: BaseException | str,
     ) -> str:
-        """Publish ``message`` to ``{queue}.parked`` (declared durable), confirmed.
+        """Publish ``message`` to ``{queue}.parked``, confirmed.
 
         The copy keeps body and properties (no expiration) and gains the headers
-        ``backoff-error`` (``str(error)``) and ``backoff-queue`` (``queue``). Returns
-        the parking queue's name; raises :class:`CopyNotPlaced` when the broker does
-        not take the copy. Does not settle ``message``.
+        ``backoff-error`` (``str(error)``) and ``backoff-queue`` (``queue``). It is
+        published first and the queue declared (durable) only if the copy comes
+        back unroutable, so an existing parking queue takes it whatever its
+        arguments. Returns the parking queue's name; raises :class:`CopyNotPlaced`
+        when the broker does not take the copy. Does not settle ``message``.
         """
-        parking = parking_queue_name(queue)
         properties = self.copy_properties(
             message,
             headers=parked_headers(message.headers, error=str(error), queue=queue),
             expiration=None,
         )
-        message_id = properties.message_id
-        await self._claim(message_id)
-        try:
-            channel = await self._publishing_channel()
-            await channel.queue_declare(parking, durable=True)
-            await channel.basic_publish(
-                message.body,
-                exchange="",
-                routing_key=parking,
-                properties=properties,
-                mandatory=True,
-            )
-        except (DeliveryError, AMQPChannelError) as failure:
-            msg = (
-                f"could not park a message from queue {queue!r} in {parking!r}: "
-                f"{failure!r}. Put the original back on its queue and check "
-                f"that {parking!r} can be declared as a durable queue."
-            )
-            raise CopyNotPlaced(msg) from failure
-        finally:
-            self._release(message_id)
+        parking = await self.parking.park(message.body, properties, queue=queue)
         log.debug("parked a message from queue %r in %r", queue, parking)
         return parking
+
+    async def dead_letter_target_missing(
+        self, queue_arguments: Mapping[str, Any] | None
+    ) -> str | None:
+        """What is missing for the queue's dead-letter exchange to keep a message."""
+        return await self.parking.dead_letter_target_missing(queue_arguments)
+
+
+_COPY_HEADERS = DelayedPublisher.copy_headers

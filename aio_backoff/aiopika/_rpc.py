@@ -15,6 +15,7 @@ unregistered methods, returned calls) is aio-pika's own behaviour. See docs/rpc.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import Iterable
@@ -27,10 +28,13 @@ from aio_pika.patterns import JsonRPC
 from aio_pika.patterns.base import CallbackType, T
 from aio_pika.patterns.rpc import RPC, JsonRPCError
 
-from ..core._backoff import Backoff
+from ..core._backoff import Backoff, BackoffConfigError
+from ..core._outcome import FailurePolicy, Outcome, Settle
 from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
 from ._consumer import RetryPolicy
-from ._publisher import DelayedPublisher
+from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, CopyNotPlaced, DelayedPublisher
+from ._renames import UNSET, renamed
+from ._settle import TransientFailures
 
 __all__ = [
     "EXPIRED_ERROR_TYPE",
@@ -86,8 +90,17 @@ class BackoffRPC(RPC):
       ``retry_for`` errors and to a plain ``Backoff()`` raised by a method (a raised
       subclass keeps its own), as in :class:`~aio_backoff.RetryPolicy`.
     - ``retry_for``: exception classes retried as if ``backoff()`` had been raised.
-    - ``backoff_exchange``, ``grace_ms``, ``lease_book``: the delay topology, as for
-      :class:`~aio_backoff.DelayedPublisher`; or pass a ``publisher`` to share one.
+    - ``delay_exchange``, ``grace_ms``, ``lease_book``, ``confirm_timeout``: the
+      delay topology, as for :class:`~aio_backoff.DelayedPublisher`; or pass a
+      ``publisher`` to share one. ``backoff_exchange=`` is the deprecated name of
+      ``delay_exchange`` (``exchange=`` is aio-pika's RPC exchange, as before).
+    - ``failure_policy``: pauses and tries for copies that could not be placed
+      (:class:`~aio_backoff.FailurePolicy`).
+
+    When a copy cannot be placed for good (or the retry cannot be planned), the
+    call is parked in ``{queue}.parked`` with the reason and the caller gets an
+    error reply; a transient failure sends the call back to its queue after a
+    growing pause.
 
     The caller's ``await rpc.call(...)`` (or ``rpc.proxy.method(...)``) returns the
     result of the first attempt that succeeds, or raises ``Backoff.Expired`` when the
@@ -102,19 +115,32 @@ class BackoffRPC(RPC):
         *,
         backoff: type[Backoff] = Backoff,
         retry_for: Iterable[type[BaseException]] = (),
-        backoff_exchange: str = DEFAULT_EXCHANGE,
+        delay_exchange: str = DEFAULT_EXCHANGE,
         grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
         lease_book: LeaseBook | None = None,
         publisher: DelayedPublisher | None = None,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        failure_policy: FailurePolicy | None = None,
+        backoff_exchange: str = UNSET,
     ) -> None:
         super().__init__(channel, host_exceptions)
         self.policy = RetryPolicy(backoff=backoff, retry_for=tuple(retry_for))
+        delay_exchange = renamed(
+            "BackoffRPC",
+            "backoff_exchange",
+            "delay_exchange",
+            backoff_exchange,
+            delay_exchange,
+        )
+        self.failures = TransientFailures(failure_policy)
         self.publisher = (
             DelayedPublisher(
                 channel,
-                exchange=backoff_exchange,
+                delay_exchange=delay_exchange,
                 grace_ms=grace_ms,
                 lease_book=lease_book,
+                confirm_timeout=confirm_timeout,
+                failure_policy=failure_policy,
             )
             if publisher is None
             else publisher
@@ -130,10 +156,13 @@ class BackoffRPC(RPC):
         host_exceptions: bool | None = None,
         backoff: type[Backoff] = Backoff,
         retry_for: Iterable[type[BaseException]] = (),
-        backoff_exchange: str = DEFAULT_EXCHANGE,
+        delay_exchange: str = DEFAULT_EXCHANGE,
         grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
         lease_book: LeaseBook | None = None,
         publisher: DelayedPublisher | None = None,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        failure_policy: FailurePolicy | None = None,
+        backoff_exchange: str = UNSET,
         **kwargs: Any,
     ) -> Self:
         """Make and initialise one; ``kwargs`` go to aio-pika's ``initialize``."""
@@ -141,10 +170,13 @@ class BackoffRPC(RPC):
             channel,
             backoff=backoff,
             retry_for=retry_for,
-            backoff_exchange=backoff_exchange,
+            delay_exchange=delay_exchange,
             grace_ms=grace_ms,
             lease_book=lease_book,
             publisher=publisher,
+            confirm_timeout=confirm_timeout,
+            failure_policy=failure_policy,
+            backoff_exchange=backoff_exchange,
         )
         if host_exceptions is not None:
             rpc.host_exceptions = host_exceptions
@@ -195,19 +227,29 @@ class BackoffRPC(RPC):
 
     async def on_call_message(self, method_name: str, message: IncomingMessage) -> None:
         """aio-pika's handler; a retried call is acked (or requeued) without a reply."""
+        publisher = self.publisher
+        if not publisher.available:  # the gate: no call runs while copies cannot go
+            await publisher.wait_available()
         token = _current_call.set(_Call(method_name, message))
         try:
             await super().on_call_message(method_name, message)
         except _Deferred as deferred:
             if deferred.placed:
                 await message.ack()
+                self.failures.settled(message)
             else:
                 await self._requeue(method_name, message)
+        except BaseException:
+            if not message.processed:  # cancelled: back on its queue now
+                await self._requeue(method_name, message)
+            raise
         finally:
             _current_call.reset(token)
 
     @staticmethod
     async def _requeue(method_name: str, message: IncomingMessage) -> None:
+        if message.processed:
+            return
         try:
             await message.nack(requeue=True)
         except Exception:
@@ -260,19 +302,17 @@ class BackoffRPC(RPC):
                 queue,
             )
             raise
+        except Exception as error:
+            reason = f"planning error: {error}"
+            await self._failed(call, queue, Outcome.PLANNING_ERROR, reason)
+            if isinstance(error, BackoffConfigError):
+                raise
+            raise BackoffConfigError(reason) from error
         try:
             await publisher.publish_copy(message, plan)
-        except Exception:
-            log.exception(
-                "rpc %r call %r: the delayed copy (retry #%r in %r ms) was not "
-                "placed; the call goes back to queue %r to run again",
-                call.method_name,
-                message.correlation_id,
-                plan.retry_number,
-                plan.delay_ms,
-                queue,
-            )
-            raise _Deferred(placed=False) from None
+        except CopyNotPlaced as failure:
+            await self._failed(call, queue, failure.outcome, str(failure))
+            raise
         log.info(
             "rpc %r call %r: retry #%r of %s in %r ms, back to queue %r",
             call.method_name,
@@ -283,6 +323,50 @@ class BackoffRPC(RPC):
             queue,
         )
         raise _Deferred(placed=True)
+
+    async def _failed(
+        self, call: _Call, queue: str, outcome: Outcome, reason: str
+    ) -> None:
+        """Carry out the table for a copy not placed or a planning error.
+
+        Returns once the call is parked (the caller then gets the error reply);
+        raises ``_Deferred(placed=False)`` to send it back to its queue after a
+        pause instead, with no reply yet.
+        """
+        message = call.message
+        action, tries, pause = self.failures.decide(message, outcome)
+        if action.settle is not Settle.REQUEUE_LATER:
+            try:
+                parking = await self.publisher.park(message, queue=queue, error=reason)
+            except CopyNotPlaced as failure:
+                await self._failed(
+                    call, queue, Outcome.FINAL_ACTION_FAILED, f"{reason}; {failure}"
+                )
+            else:
+                self.failures.settled(message)
+                log.log(
+                    action.level,
+                    "rpc %r call %r: parked in %r, replying with the error (%s): %s",
+                    call.method_name,
+                    message.correlation_id,
+                    parking,
+                    outcome,
+                    reason,
+                )
+                return
+        log.log(
+            action.level,
+            "rpc %r call %r goes back to queue %r in %.2f s (%s, try %r): %s",
+            call.method_name,
+            message.correlation_id,
+            queue,
+            pause,
+            outcome,
+            tries,
+            reason,
+        )
+        await asyncio.sleep(pause)
+        raise _Deferred(placed=False)
 
 
 class RemoteBackoffExpired(Backoff.Expired, JsonRPCError):

@@ -10,7 +10,7 @@ eventlet, so a nameko process can use all of it without loading aio-pika::
     python -c "import sys, aio_backoff.core; assert 'aio_pika' not in sys.modules"
 """
 
-from ._backoff import Backoff, RetryFor, as_backoff, backoff_class
+from ._backoff import Backoff, BackoffConfigError, RetryFor, as_backoff, backoff_class
 from ._outcome import (
     ACTIONS,
     Action,
@@ -26,12 +26,14 @@ from ._protocol import (
     DELAY_HEADER,
     KEPT_PROPERTIES,
     LEGACY_DEATH_HEADER,
+    MAX_RETRIES,
     PARKED_ERROR_HEADER,
     PARKED_QUEUE_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     RETRIES_HEADER,
     delayed_headers,
+    encodable_headers,
     legacy_retries,
     parked_headers,
     retries_done,
@@ -65,6 +67,7 @@ __all__ = [
     "KEPT_PROPERTIES",
     "LEGACY_DEATH_HEADER",
     "MAX_DELAY_MS",
+    "MAX_RETRIES",
     "PARKED_ERROR_HEADER",
     "PARKED_QUEUE_HEADER",
     "PROTOCOL_HEADER",
@@ -72,6 +75,7 @@ __all__ = [
     "RETRIES_HEADER",
     "Action",
     "Backoff",
+    "BackoffConfigError",
     "DelayQueue",
     "FailurePolicy",
     "LeaseBook",
@@ -89,6 +93,7 @@ __all__ = [
     "delay_queue",
     "delay_queue_name",
     "delayed_headers",
+    "encodable_headers",
     "exponential",
     "fixed",
     "full_jitter",

@@ -15,7 +15,7 @@ from ._protocol import retries_done
 from ._schedule import Schedule, gauss_jitter, is_number, sequence
 from ._topology import DEFAULT_EXCHANGE, MAX_DELAY_MS
 
-__all__ = ["Backoff", "RetryFor", "as_backoff", "backoff_class"]
+__all__ = ["Backoff", "BackoffConfigError", "RetryFor", "as_backoff", "backoff_class"]
 
 
 RetryFor = tuple[type[BaseException], ...]
@@ -30,12 +30,102 @@ _CHECKED_TUPLES_MAX = 256
 """Entries kept before the cache starts over (schedules are usually class constants)."""
 
 
-def _checked_tuple(schedule: tuple[float, ...]) -> Schedule:
+class BackoffConfigError(ValueError, TypeError):
+    """A ``Backoff`` policy (or a per-raise ``delay_ms``) that cannot plan a retry.
+
+    Raised where a ``Backoff`` subclass is defined (``class``, or
+    :func:`backoff_class`) when a setting is invalid, and when a retry is planned
+    with a setting patched to an invalid value since: executors treat it as a
+    *planning error* (the message goes to its dead-letter exchange or is parked,
+    with the reason), never as a reason to try again. A ``ValueError`` and a
+    ``TypeError``, for code that caught those before.
+    """
+
+
+def _schedule_problem(owner: str, schedule: object) -> str | None:
+    """Why ``schedule`` (a class attribute of ``owner``) is invalid, or None."""
+    if isinstance(schedule, staticmethod | classmethod) or callable(schedule):
+        return None
+    if isinstance(schedule, str | bytes) or not isinstance(schedule, Sequence):
+        return (
+            f"{owner}.schedule must be a sequence of ms or a callable "
+            f"(index) -> ms, got {schedule!r}; write e.g. schedule = (1000, 2000) "
+            "or schedule = exponential(100, cap_ms=60_000)"
+        )
+    if not schedule:
+        return (
+            f"{owner}.schedule needs at least one delay, got an empty sequence "
+            f"{schedule!r}; write e.g. schedule = (1000,) (the last item repeats)"
+        )
+    for position, item in enumerate(schedule):
+        if not is_number(item) or not math.isfinite(item):
+            return (
+                f"{owner}.schedule item {position} must be a finite number of "
+                f"milliseconds, got {item!r}; write e.g. schedule = (1000, 2000), "
+                f"at most {MAX_DELAY_MS} ms each"
+            )
+    return None
+
+
+def _limit_problem(owner: str, limit: object) -> str | None:
+    """Why ``limit`` is invalid (with what to write instead), or None."""
+    if limit is None or (
+        isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0
+    ):
+        return None
+    if isinstance(limit, float) and limit.is_integer() and limit > 0:
+        instead = f"limit = {int(limit)}"
+    elif limit is True:
+        instead = "limit = 1"
+    elif isinstance(limit, str) and limit.isdigit():
+        instead = f"limit = {int(limit)}"
+    else:
+        instead = "limit = None (or 0) to retry forever, or limit = 5"
+    return (
+        f"{owner}.limit must be a whole number of retries, or None/0 to retry "
+        f"forever, got {limit!r}; write {instead}"
+    )
+
+
+def _jitter_problem(owner: str, name: str, value: object) -> str | None:
+    """Why ``random_sigma`` / ``random_groups_per_sigma`` is invalid, or None."""
+    if name == "random_sigma":
+        if is_number(value) and math.isfinite(value) and value >= 0:
+            return None
+        return (
+            f"{owner}.random_sigma must be 0 or more milliseconds (finite), got "
+            f"{value!r}; write e.g. random_sigma = 100, or 0 for no jitter"
+        )
+    if is_number(value) and math.isfinite(value) and value > 0:
+        return None
+    return (
+        f"{owner}.random_groups_per_sigma must be 1 or more, got {value!r}; write "
+        "e.g. random_groups_per_sigma = 5, or random_sigma = 0 for no jitter"
+    )
+
+
+def _settings_problem(owner: str, settings: Mapping[str, object]) -> str | None:
+    """The first invalid setting among ``settings`` (class attributes), or None."""
+    problem: str | None = None
+    if "schedule" in settings:
+        problem = _schedule_problem(owner, settings["schedule"])
+    if problem is None and "limit" in settings:
+        problem = _limit_problem(owner, settings["limit"])
+    for name in ("random_sigma", "random_groups_per_sigma"):
+        if problem is None and name in settings:
+            problem = _jitter_problem(owner, name, settings[name])
+    return problem
+
+
+def _checked_tuple(owner: str, schedule: tuple[float, ...]) -> Schedule:
     """``sequence(schedule)``, built and checked once per tuple."""
     entry = _CHECKED_TUPLES.get(id(schedule))
     if entry is not None:  # the entry holds the tuple: no other object has its id
         return entry[1]
-    checked = sequence(schedule)  # raises for a bad item, naming its position
+    problem = _schedule_problem(owner, schedule)
+    if problem is not None:
+        raise BackoffConfigError(problem)
+    checked = sequence(schedule)
     if len(_CHECKED_TUPLES) >= _CHECKED_TUPLES_MAX:
         _CHECKED_TUPLES.clear()
     _CHECKED_TUPLES[id(schedule)] = (schedule, checked)
@@ -91,15 +181,18 @@ class Backoff(Exception):
             self.limit = 0
             self.max_delay_ms = 0.0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse an invalid setting where the subclass is defined."""
+        super().__init_subclass__(**kwargs)
+        problem = _settings_problem(cls.__qualname__, cls.__dict__)
+        if problem is not None:
+            raise BackoffConfigError(problem)
+
     def __init__(self, *args: object, delay_ms: float | None = None) -> None:
+        """``delay_ms`` is checked when the retry is planned, not here: an invalid
+        one is then a planning error (the message is kept, with the reason) rather
+        than an exception out of the handler's ``raise``."""
         super().__init__(*args)
-        if delay_ms is not None:
-            if not is_number(delay_ms):
-                msg = f"Backoff(delay_ms=...) must be a number of ms, got {delay_ms!r}"
-                raise TypeError(msg)
-            if math.isnan(delay_ms) or delay_ms < 0:
-                msg = f"Backoff(delay_ms=...) must be 0 or more ms, got {delay_ms!r}"
-                raise ValueError(msg)
         self.delay_ms = delay_ms
         self._total_attempts: int | None = None
         self._next_expiration: int | None = None
@@ -115,15 +208,12 @@ class Backoff(Exception):
         """
         schedule = cls.schedule
         if type(schedule) is tuple:
-            return _checked_tuple(schedule)(index)
+            return _checked_tuple(cls.__name__, schedule)(index)
         if callable(schedule):
             return schedule(index)
-        if isinstance(schedule, str | bytes) or not isinstance(schedule, Sequence):
-            msg = (
-                f"{cls.__name__}.schedule must be a sequence of ms or a callable "
-                f"(index) -> ms, got {schedule!r}"
-            )
-            raise TypeError(msg)
+        problem = _schedule_problem(cls.__name__, schedule)
+        if problem is not None:  # patched since the class was defined
+            raise BackoffConfigError(problem)
         return sequence(schedule)(index)
 
     @classmethod
@@ -132,15 +222,10 @@ class Backoff(Exception):
         limit = cls.limit
         if type(limit) is int and limit > 0:  # the usual case, checked fast
             return limit
-        if limit is None or (limit == 0 and not isinstance(limit, bool)):
-            return None
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            msg = (
-                f"{cls.__name__}.limit must be a whole number of retries, or None/0 "
-                f"to retry forever, got {limit!r}"
-            )
-            raise ValueError(msg)
-        return limit
+        problem = _limit_problem(cls.__name__, limit)
+        if problem is not None:  # patched since the class was defined
+            raise BackoffConfigError(problem)
+        return limit or None
 
     @property
     def max_delay(self) -> float:
@@ -183,6 +268,8 @@ class Backoff(Exception):
 
         Raises ``Backoff.Expired`` (chained from this ``Backoff``) once ``retries``
         reaches ``limit``. Stores the result so that ``str()`` can describe it.
+        Raises :class:`BackoffConfigError` when the policy (as patched now) or the
+        per-raise ``delay_ms`` cannot give a delay.
         """
         if retries < 0:
             msg = f"retries must be 0 or more, got {retries}"
@@ -194,7 +281,7 @@ class Backoff(Exception):
             raise self.expired(retries) from self
 
         if self.delay_ms is not None:
-            delay = int(min(self.delay_ms, MAX_DELAY_MS))
+            delay = int(min(self._checked_delay_ms(), MAX_DELAY_MS))
         else:
             scheduled = self.get_next_schedule_item(retries)
             if type(scheduled) is not int:  # a plain int needs neither check
@@ -203,24 +290,45 @@ class Backoff(Exception):
                         f"{type(self).__name__}.get_next_schedule_item({retries}) "
                         f"must return a number of ms, got {scheduled!r}"
                     )
-                    raise TypeError(msg)
+                    raise BackoffConfigError(msg)
                 if math.isnan(scheduled):
                     msg = (
                         f"{type(self).__name__}.get_next_schedule_item({retries}) "
-                        "returned NaN"
+                        "returned NaN; return a number of ms (inf means the longest "
+                        "delay)"
                     )
-                    raise ValueError(msg)
+                    raise BackoffConfigError(msg)
             scheduled = max(-MAX_DELAY_MS, min(scheduled, MAX_DELAY_MS))
-            delay = gauss_jitter(
-                scheduled,
-                sigma_ms=self.random_sigma,
-                groups_per_sigma=self.random_groups_per_sigma,
-                gauss=self._gauss,
-            )
+            try:
+                delay = gauss_jitter(
+                    scheduled,
+                    sigma_ms=self.random_sigma,
+                    groups_per_sigma=self.random_groups_per_sigma,
+                    gauss=self._gauss,
+                )
+            except (TypeError, ValueError) as error:  # jitter patched since
+                owner = type(self).__name__
+                jitter = {
+                    "random_sigma": self.random_sigma,
+                    "random_groups_per_sigma": self.random_groups_per_sigma,
+                }
+                problem = _settings_problem(owner, jitter) or f"{owner}: {error}"
+                raise BackoffConfigError(problem) from error
         delay = min(abs(delay), MAX_DELAY_MS)
         self._total_attempts = retries
         self._next_expiration = delay
         return delay
+
+    def _checked_delay_ms(self) -> float:
+        delay_ms = self.delay_ms
+        if not is_number(delay_ms) or math.isnan(delay_ms) or delay_ms < 0:
+            msg = (
+                f"{type(self).__name__}(delay_ms=...) must be 0 or more ms, got "
+                f"{delay_ms!r}; raise it with e.g. delay_ms=1500, or without "
+                "delay_ms to use the schedule"
+            )
+            raise BackoffConfigError(msg)
+        return delay_ms
 
     def next(
         self, message: _HasHeaders, backoff_exchange_name: str = DEFAULT_EXCHANGE

@@ -161,7 +161,7 @@ class FailurePolicy:
     """
 
     max_transient_tries: int = 5
-    first_pause_s: float = 0.25
+    first_pause_s: float = 1.0
     max_pause_s: float = 30.0
 
     def __post_init__(self) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._backoff import Backoff
-from ._protocol import delayed_headers, retries_done
+from ._backoff import Backoff, BackoffConfigError
+from ._protocol import MAX_RETRIES, delayed_headers, retries_done
 from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, DelayQueue
 
 __all__ = ["RetryPlan", "plan_retry"]
@@ -77,7 +77,10 @@ def plan_retry(
 ) -> RetryPlan:
     """Plan the next retry of a message that raised ``backoff``.
 
-    Raises ``Backoff.Expired`` (chained from ``backoff``) when the limit is spent.
+    Raises ``Backoff.Expired`` (chained from ``backoff``) when the limit is spent,
+    and :class:`~aio_backoff.BackoffConfigError` (a *planning error*: retrying
+    cannot help) for anything else that stops the plan: an invalid policy or
+    ``delay_ms``, a schedule that raises, an invalid grace period.
     ``target_queue`` is the queue the copy must come back to.
     """
     if not isinstance(target_queue, str) or not target_queue:
@@ -87,12 +90,24 @@ def plan_retry(
         )
         raise ValueError(msg)
     retries = retries_done(headers, exchange)
-    delay = backoff.compute_next(retries)
+    try:
+        delay = backoff.compute_next(retries)
+        queue = _delay_queue(delay, exchange, grace_ms)
+        limit = backoff.effective_limit()
+    except (Backoff.Expired, BackoffConfigError):
+        raise
+    except Exception as error:
+        msg = (
+            f"cannot plan retry #{retries + 1} of a message for queue "
+            f"{target_queue!r} with {type(backoff).__name__}: {error}"
+        )
+        raise BackoffConfigError(msg) from error
+    following = min(retries + 1, MAX_RETRIES)
     return RetryPlan(
         delay_ms=delay,
-        retry_number=retries + 1,
-        limit=backoff.effective_limit(),
+        retry_number=following,
+        limit=limit,
         routing_key=target_queue,
-        delay_queue=_delay_queue(delay, exchange, grace_ms),
-        headers=delayed_headers(headers, delay_ms=delay, retries=retries + 1),
+        delay_queue=queue,
+        headers=delayed_headers(headers, delay_ms=delay, retries=following),
     )

@@ -266,7 +266,9 @@ class NamekoService(Lifecycle):
             return
         try:
             channel = await self._consumer.open()
-            self._publisher = DelayedPublisher(channel, exchange=self.delay_exchange)
+            self._publisher = DelayedPublisher(
+                channel, delay_exchange=self.delay_exchange
+            )
             self._settler.start(self._publisher)
             await self._replies.start()
             if self._rpcs:

@@ -13,8 +13,13 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from aio_backoff import Backoff, Retrier, backoff_class
+from aio_backoff import Backoff, FailurePolicy, Retrier, backoff_class
 from tests.aio_fixtures import Declared
+
+FAST_FAILURES = FailurePolicy(
+    max_transient_tries=3, first_pause_s=0.05, max_pause_s=0.2
+)
+"""Short pauses for tests that are not about the pauses themselves."""
 
 
 def fast_backoff(
@@ -121,6 +126,7 @@ async def make_retrier(
 
     def make(**kwargs: Any) -> Retrier:
         kwargs.setdefault("backoff", fast_backoff())
+        kwargs.setdefault("failure_policy", FAST_FAILURES)
         retrier = Retrier(channel, **kwargs)
         made.append(retrier)
         return retrier

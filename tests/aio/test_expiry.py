@@ -20,7 +20,14 @@ from aio_backoff import (
     drop,
     park,
 )
-from tests.aio.retrying import Recorder, fast_backoff, get_one, handler_failing, publish
+from tests.aio.retrying import (
+    FAST_FAILURES,
+    Recorder,
+    fast_backoff,
+    get_one,
+    handler_failing,
+    publish,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
 
@@ -246,6 +253,10 @@ async def test_cancelled_callback_puts_the_message_back(
     assert back.redelivered
 
 
+REFUSING = {"x-max-length": 0, "x-overflow": "reject-publish"}
+"""A queue that nacks every publish."""
+
+
 async def test_failing_park_puts_the_message_back(
     channel: AbstractChannel,
     target: AbstractQueue,
@@ -253,11 +264,11 @@ async def test_failing_park_puts_the_message_back(
     declared: Any,
 ) -> None:
     parking = declared.queue(f"{target.name}.parked")
-    await channel.declare_queue(parking, durable=False)  # cannot be declared durable
+    await channel.declare_queue(parking, arguments=REFUSING)
     retrier = make_retrier(backoff=LIMIT_1, on_expired=park)
     message = await spent(channel, target)
 
-    with pytest.raises(CopyNotPlaced, match="could not park"):
+    with pytest.raises(CopyNotPlaced, match=r"parked copy .* was nacked"):
         async with retrier.process(message, queue=target):
             raise Backoff
 
@@ -277,7 +288,7 @@ async def test_failing_callback_and_failing_fallback_put_the_message_back(
         raise RuntimeError("callback bug")
 
     parking = declared.queue(f"{target.name}.parked")
-    await channel.declare_queue(parking, durable=False)
+    await channel.declare_queue(parking, arguments=REFUSING)
     retrier = make_retrier(backoff=LIMIT_1, on_expired=broken)
     message = await spent(channel, target)
 
@@ -303,34 +314,38 @@ async def conflicting_exchange(
     return name
 
 
-async def test_unplaceable_copy_puts_the_original_back(
+async def test_unplaceable_copy_is_parked_with_its_reason(
     channel: AbstractChannel,
     target: AbstractQueue,
     make_retrier: Any,
     conflicting_exchange: str,
+    declared: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    retrier = make_retrier(exchange=conflicting_exchange)
+    """A refused copy is permanent: parked at once with the reason, one ERROR line."""
+    parking = declared.queue(f"{target.name}.parked")
+    retrier = make_retrier(delay_exchange=conflicting_exchange)
     await publish(channel, target.name, message_id="m-7")
     message = await get_one(target)
 
     with (
         caplog.at_level(logging.INFO, logger="aio_backoff"),
-        pytest.raises(CopyNotPlaced),
+        pytest.raises(CopyNotPlaced) as caught,
     ):
         async with retrier.process(message, queue=target):
             raise Backoff
 
-    back = await get_one(target)
-    await back.ack()
-    assert back.redelivered
-    assert back.message_id == "m-7"
+    assert caught.value.permanent
+    assert await target.get(fail=False) is None
+    parked = await get_one(await channel.declare_queue(parking, passive=True))
+    await parked.ack()
+    assert parked.message_id == "m-7"
+    assert "PRECONDITION_FAILED" in parked.headers["backoff-error"]
     [line] = [r for r in caplog.records if r.name == "aio_backoff.consumer"]
     assert line.levelno == logging.ERROR
     text = line.getMessage()
-    assert "goes back to its queue" in text
+    assert f"parked in {parking!r}" in text
     assert "retry #1" in text
-    assert target.name in text
     assert "PRECONDITION_FAILED" in text
 
 
@@ -340,7 +355,7 @@ async def test_unplaceable_copy_after_the_handler_acked(
     make_retrier: Any,
     conflicting_exchange: str,
 ) -> None:
-    retrier = make_retrier(exchange=conflicting_exchange)
+    retrier = make_retrier(delay_exchange=conflicting_exchange)
     await publish(channel, target.name)
     message = await get_one(target)
 
@@ -360,36 +375,46 @@ async def test_unplaceable_copy_with_the_consume_wrapper(
     target: AbstractQueue,
     make_retrier: Any,
     conflicting_exchange: str,
+    declared: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    retrier = make_retrier(exchange=conflicting_exchange)
+    parking = await channel.declare_queue(
+        declared.queue(f"{target.name}.parked"), durable=True
+    )
+    retrier = make_retrier(delay_exchange=conflicting_exchange)
     recorder = Recorder()
     with caplog.at_level(logging.ERROR, logger="aio_backoff"):
         await retrier.consume(target, handler_failing(recorder, times=1))
         await publish(channel, target.name)
-        await recorder.wait(2)
+        parked = await get_one(parking)
+        await parked.ack()
         await recorder.settle(0.2)
 
-    assert len(recorder.calls) == 2
-    assert recorder.calls[1].message.redelivered
+    assert len(recorder.calls) == 1  # never handled again
     ours = [r for r in caplog.records if r.name.startswith("aio_backoff")]
     assert len(ours) == 1  # logged once, with its reason
-    assert "goes back to its queue" in ours[0].getMessage()
+    assert "parked in" in ours[0].getMessage()
 
 
-async def test_publish_failure_puts_the_original_back(
+async def test_copies_do_not_need_the_consumers_connection(
     channel: AbstractChannel, target: AbstractQueue, broker: Any
 ) -> None:
+    """The publisher publishes on a connection of its own (opened from the URL of
+    the channel it was given), so it places copies even once that one is gone."""
     lost = await aio_pika.connect(broker.amqp_url)
-    retrier = Retrier(await lost.channel(), backoff=LIMIT_1)
-    await lost.close()  # the publisher's connection is gone
+    retrier = Retrier(
+        await lost.channel(), backoff=LIMIT_1, failure_policy=FAST_FAILURES
+    )
+    await lost.close()
     await publish(channel, target.name)
     message = await get_one(target)
 
-    with pytest.raises(RuntimeError):
+    try:
         async with retrier.process(message, queue=target):
             raise Backoff
+    finally:
+        await retrier.close()
 
-    back = await get_one(target)
-    await back.ack()
-    assert back.redelivered
+    copy = await get_one(target)
+    await copy.ack()
+    assert copy.headers["backoff-retries"] == 1

@@ -362,7 +362,11 @@ async def test_concurrent_first_copies_share_one_publishing_channel(
     copies = sorted([(await get_one(target)).body for _ in range(3)])
     assert copies == [b"a", b"b", b"c"]
     underlay = await channel.get_underlay_channel()
-    assert len(underlay.connection.channels) == 2  # the test's and the publisher's
+    assert len(underlay.connection.channels) == 1  # the test's: copies go elsewhere
+    own = publisher.connection._connection
+    assert own is not None
+    assert own.transport is not None
+    assert len(own.transport.connection.channels) == 1  # one publishing channel
 
 
 async def test_returned_again_after_a_fresh_declare_is_not_placed(
@@ -374,12 +378,12 @@ async def test_returned_again_after_a_fresh_declare_is_not_placed(
 ) -> None:
     exchange = declared.exchange(unique_name("exchange"))
     await channel.declare_exchange(exchange, "headers", durable=True)
-    publisher = DelayedPublisher(channel, exchange=exchange)
+    publisher = DelayedPublisher(channel, delay_exchange=exchange)
 
     async def no_declare(*_: Any) -> None:
         return None  # the delay queue is never there: every copy comes back
 
-    monkeypatch.setattr(publisher, "_declare", no_declare)
+    monkeypatch.setattr(publisher.leases, "_declare", no_declare)
     await publish(channel, target.name)
     original = await get_one(target)
 
@@ -399,7 +403,7 @@ async def test_missing_exchange_is_declared_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     exchange = declared.exchange(unique_name("exchange"))
-    publisher = DelayedPublisher(channel, exchange=exchange)
+    publisher = DelayedPublisher(channel, delay_exchange=exchange)
     await publish(channel, target.name)
     original = await get_one(target)
     await publisher.retry(original, TEN_MS(), target_queue=target.name)
@@ -417,7 +421,7 @@ async def test_missing_exchange_is_declared_again(
     async def no_declare(*_: Any) -> None:
         return None
 
-    monkeypatch.setattr(publisher, "_declare", no_declare)
+    monkeypatch.setattr(publisher.leases, "_declare", no_declare)
     await channel.exchange_delete(exchange)
     await publish(channel, target.name)
     original = await get_one(target)
@@ -440,7 +444,7 @@ async def test_nacked_copy_is_not_placed(
         arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
     )
     await rejecting.bind(exchange, arguments={"backoff": 10, "x-match": "any"})
-    publisher = DelayedPublisher(channel, exchange=exchange)
+    publisher = DelayedPublisher(channel, delay_exchange=exchange)
     await publish(channel, target.name)
     original = await get_one(target)
 
@@ -461,13 +465,14 @@ async def test_declare_error_spares_the_consuming_channel(
 ) -> None:
     exchange = declared.exchange(unique_name("exchange"))
     await channel.declare_exchange(exchange, "direct")  # not a headers exchange
-    publisher = DelayedPublisher(channel, exchange=exchange)
+    publisher = DelayedPublisher(channel, delay_exchange=exchange)
     await publish(channel, target.name)
     original = await get_one(target)
 
     with pytest.raises(CopyNotPlaced, match="PRECONDITION_FAILED") as caught:
         await publisher.retry(original, TEN_MS(), target_queue=target.name)
     assert "could not be placed" in str(caught.value)
+    assert caught.value.permanent
     assert not channel.is_closed
     await original.nack(requeue=True)  # the consuming channel still works
 
@@ -533,29 +538,34 @@ async def test_park_failure_is_not_placed(
     declared: Any,
 ) -> None:
     parking = declared.queue(f"{target.name}.parked")
-    await channel.declare_queue(parking, durable=False)  # declare(durable) fails
+    await channel.declare_queue(  # a parking queue that nacks every publish
+        parking, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
     await publish(channel, target.name)
     original = await get_one(target)
 
-    with pytest.raises(CopyNotPlaced, match="could not park") as caught:
+    with pytest.raises(CopyNotPlaced, match=r"parked copy .* nacked") as caught:
         await publisher.park(original, queue=target.name, error=ValueError("x"))
-    assert "PRECONDITION_FAILED" in str(caught.value)
+    assert not caught.value.permanent
     assert not original.processed
     await original.ack()
 
 
-class ChannelClosedUnderIt(DelayedPublisher):
+def close_its_channel_once(publisher: DelayedPublisher) -> None:
     """The first publish finds its channel closed by someone else, as when a
     concurrent publish's declare is refused on the shared channel."""
+    connection = publisher.connection
+    opened_by = connection.channel
+    closed: list[bool] = []
 
-    closed_once = False
-
-    async def _publishing_channel(self) -> Any:
-        opened = await super()._publishing_channel()
-        if not self.closed_once:
-            self.closed_once = True
+    async def channel() -> Any:
+        opened = await opened_by()
+        if not closed:
+            closed.append(True)
             await opened.close()
         return opened
+
+    connection.channel = channel  # type: ignore[method-assign]
 
 
 async def test_channel_closed_under_a_publish_is_reopened_and_the_copy_placed(
@@ -563,7 +573,8 @@ async def test_channel_closed_under_a_publish_is_reopened_and_the_copy_placed(
     target: AbstractQueue,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    publisher = ChannelClosedUnderIt(channel)
+    publisher = DelayedPublisher(channel)
+    close_its_channel_once(publisher)
     await publish(channel, target.name, b"one")
     with caplog.at_level(logging.WARNING, logger="aio_backoff"):
         await publisher.retry(

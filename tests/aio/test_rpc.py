@@ -22,7 +22,7 @@ from aio_pika.abc import (
 from aio_pika.patterns import RPC, JsonRPC
 from aio_pika.patterns.rpc import JsonRPCError, RPCMessageType
 
-from aio_backoff import Backoff, DelayedPublisher, backoff_class
+from aio_backoff import Backoff, CopyNotPlaced, DelayedPublisher, backoff_class
 from aio_backoff.aiopika._rpc import (
     EXPIRED_ERROR_TYPE,
     BackoffJsonRPC,
@@ -31,6 +31,7 @@ from aio_backoff.aiopika._rpc import (
 )
 from aio_backoff.core._protocol import DELAY_HEADER, RETRIES_HEADER
 from tests import brokers
+from tests.aio.retrying import FAST_FAILURES, get_one
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
 
@@ -51,6 +52,8 @@ async def make_rpc(
 
     async def make(cls: type[RPC] = BackoffRPC, **kwargs: Any) -> Any:
         channel = await connection.channel()
+        if issubclass(cls, BackoffRPC):
+            kwargs.setdefault("failure_policy", FAST_FAILURES)
         rpc = await cls.create(channel, **kwargs)
         made.append(rpc)
         return rpc
@@ -441,14 +444,14 @@ async def test_caller_timeout_shorter_than_the_backoff(
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(caller.call(method_name, {"x": 1}), 0.05)
     assert caller.futures == {}
-    for _ in range(100):  # the retry still runs
-        if len(method.calls) == 2:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
 
+    def dropped() -> bool:
+        return any("Unknown message" in r.getMessage() for r in caplog.records)
+
+    async with asyncio.timeout(5):  # the retry still runs, and its reply is dropped
+        while not dropped():  # noqa: ASYNC110 - caplog has no event to wait on
+            await asyncio.sleep(0.02)
     assert len(method.calls) == 2
-    assert any("Unknown message" in r.getMessage() for r in caplog.records)
     # the caller is not disturbed: the next call works
     method.failures = 0
     assert (await caller.call(method_name, {"x": 2}))["answer"] == 4
@@ -461,34 +464,46 @@ async def test_unplaceable_copy_puts_the_call_back_on_its_queue(
     unique_name: Callable[[str], str],
     declared: Any,
 ) -> None:
-    """The delay exchange cannot be declared (it exists as another type): the call
-    is requeued instead of lost, runs again and is answered."""
+    """The delay exchange cannot be declared (it exists as another type): a
+    permanent failure. The call is parked with the reason, and the caller gets an
+    error reply instead of waiting for ever; the method is not run again."""
     clash = declared.exchange(unique_name("clash"))
+    parking = declared.queue(f"{method_name}.parked")
     await channel.declare_exchange(clash, aio_pika.ExchangeType.DIRECT)
-    server = await make_rpc(BackoffRPC, backoff=Fast, backoff_exchange=clash)
+    server = await make_rpc(BackoffRPC, backoff=Fast, delay_exchange=clash)
     caller = await make_rpc(RPC)
     method = Flaky(1, Fast)
     await server.register(method_name, method, auto_delete=True)
 
-    assert await caller.call(method_name, {"x": 1}) == {"answer": 2, "attempts": 2}
+    with pytest.raises(CopyNotPlaced, match="PRECONDITION_FAILED") as caught:
+        await caller.call(method_name, {"x": 1})
+    assert caught.value.permanent
+    assert len(method.calls) == 1
+    parked = await get_one(await channel.declare_queue(parking, passive=True))
+    await parked.ack()
+    assert "PRECONDITION_FAILED" in parked.headers["backoff-error"]
 
 
 async def test_failed_publish_puts_the_call_back_on_its_queue(
     make_rpc: MakeRPC, method_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Any publishing failure (here: the publisher's connection is gone) requeues."""
-    gone = await aio_pika.connect(brokers.current().amqp_url)
-    gone_channel = await gone.channel()
-    await gone.close()
-    server = await make_rpc(
-        BackoffRPC, backoff=Fast, publisher=DelayedPublisher(gone_channel)
-    )
+    """A transient failure (here: no channel to publish on, once) sends the call
+    back to its queue after a pause; it runs again and is answered."""
+    server = await make_rpc(BackoffRPC, backoff=Fast)
+    connection = server.publisher.connection
+    opens = connection.channel
+
+    async def broken_once() -> Any:
+        connection.channel = opens  # type: ignore[method-assign]
+        raise ConnectionError("no connection just now")
+
+    connection.channel = broken_once  # type: ignore[method-assign]
     caller = await make_rpc(RPC)
     method = Flaky(1, Fast)
     await server.register(method_name, method, auto_delete=True)
 
     assert await caller.call(method_name, {"x": 1}) == {"answer": 2, "attempts": 2}
-    assert any("was not placed" in r.getMessage() for r in caplog.records)
+    assert any("goes back to queue" in r.getMessage() for r in caplog.records)
 
 
 async def test_call_survives_a_failed_requeue(

@@ -19,6 +19,8 @@ delays_ms = st.floats(min_value=0, max_value=1e15, allow_nan=False)
 """Non-negative finite delays, including ones far past the broker's limit."""
 
 any_delays_ms = st.floats(allow_nan=False)
+finite_delays_ms = st.floats(allow_nan=False, allow_infinity=False)
+"""Any delay a schedule tuple may hold (an infinite item is refused)."""
 """Any delay a user schedule might return: negative, huge or infinite (not NaN)."""
 
 whole_delays_ms = st.integers(min_value=-(10**12), max_value=10**12)

@@ -62,8 +62,18 @@ def test_the_plan_continues_from_our_header() -> None:
 def test_the_plan_continues_from_a_legacy_x_death() -> None:
     headers = {
         "x-death": [
-            {"exchange": "backoff", "queue": "backoff--100ms", "count": 1},
-            {"exchange": "backoff", "queue": "backoff--200ms", "count": 1},
+            {
+                "exchange": "backoff",
+                "queue": "backoff--100ms",
+                "reason": "expired",
+                "count": 1,
+            },
+            {
+                "exchange": "backoff",
+                "queue": "backoff--200ms",
+                "reason": "expired",
+                "count": 1,
+            },
         ]
     }
     plan = plan_retry(Steady(), headers, target_queue="orders")

@@ -1,0 +1,135 @@
+"""Why a copy was not placed, and whether trying again can help.
+
+A failure is *permanent* when the same publish will fail the same way next time (the
+broker refused the topology or the copy, the copy cannot be encoded) and *transient*
+when it can heal by itself (a channel or connection closed, flow control, a confirm
+that did not come in time, a broker nack). The executors look the two up in the ack
+table (:func:`aio_backoff.decide`): a permanent failure keeps the message at once, a
+transient one puts it back after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    ChannelAccessRefused,
+    ChannelClosed,
+    ChannelInvalidStateError,
+    ChannelLockedResource,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
+from pamqp.commands import Basic
+
+from ..core._outcome import Outcome
+
+__all__ = [
+    "REFUSED",
+    "CopyNotPlaced",
+    "PublisherUnavailable",
+    "describe",
+    "not_placed",
+]
+
+
+class CopyNotPlaced(Exception):
+    """The broker did not take a delayed (or parked) copy of a message.
+
+    ``permanent`` says whether trying again can help: ``True`` when the broker
+    refused it (``ACCESSREFUSED``, ``PRECONDITION_FAILED``, returned or
+    ``NOT_FOUND`` also after a fresh declare) or the copy cannot be encoded;
+    ``False`` when it may heal (channel or connection closed, flow control, confirm
+    timeout, broker nack). The original message has not been settled.
+    """
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled into an RPC error reply: keep the keyword through the round trip
+        return (_rebuild, (type(self), str(self), self.permanent))
+
+    @property
+    def outcome(self) -> Outcome:
+        """The row of the ack table this failure falls in."""
+        if self.permanent:
+            return Outcome.NOT_PLACED_PERMANENT
+        return Outcome.NOT_PLACED_TRANSIENT
+
+
+class PublisherUnavailable(CopyNotPlaced):
+    """The publisher cannot publish at all just now (its connection or channel is
+    down): transient, and consumers wait at the gate until it is back."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message, permanent=permanent)
+
+
+def _rebuild(kind: type[CopyNotPlaced], message: str, permanent: bool) -> CopyNotPlaced:
+    return kind(message, permanent=permanent)
+
+
+_Kinds = type[BaseException] | tuple[type[BaseException], ...]
+
+REFUSED = (ChannelAccessRefused, ChannelPreconditionFailed, ChannelLockedResource)
+_UNENCODABLE = (TypeError, ValueError, OverflowError, struct.error, UnicodeError)
+_UNAVAILABLE = (
+    AMQPConnectionError,
+    ConnectionError,
+    ChannelInvalidStateError,
+    ChannelClosed,
+)
+
+
+_PERMANENT: tuple[tuple[_Kinds, str], ...] = (
+    (REFUSED, "was refused by the broker"),
+    (PublishError, "was returned by the broker"),
+    (ChannelNotFoundEntity, "was refused by the broker"),
+)
+_TRANSIENT: tuple[tuple[_Kinds, str], ...] = (
+    (
+        DeliveryError,
+        "was nacked by the broker (a queue that rejects publishes, or an internal "
+        "error)",
+    ),
+    ((TimeoutError, asyncio.TimeoutError), "got no confirm in time"),
+)
+
+
+def describe(error: BaseException) -> str:
+    """``error`` in a few words: a returned copy's reply code and text."""
+    if isinstance(error, PublishError):
+        delivery = None if error.message is None else error.message.delivery
+        if isinstance(delivery, Basic.Return):
+            return f"{delivery.reply_code} {delivery.reply_text}"
+    if isinstance(error, ChannelInvalidStateError):
+        return f"channel closed: {error}"
+    return repr(error)
+
+
+def not_placed(error: BaseException, what: str) -> CopyNotPlaced:
+    """``error`` (raised while placing ``what``) as a :class:`CopyNotPlaced`."""
+    if isinstance(error, CopyNotPlaced):
+        return error
+    cause = describe(error)
+    for kinds, happened in _PERMANENT:
+        if isinstance(error, kinds):
+            msg = f"{what} could not be placed: it {happened} ({cause})"
+            return CopyNotPlaced(msg, permanent=True)
+    for kinds, happened in _TRANSIENT:
+        if isinstance(error, kinds):
+            msg = f"{what} could not be placed: it {happened} ({cause})"
+            return CopyNotPlaced(msg, permanent=False)
+    if isinstance(error, _UNAVAILABLE):
+        return PublisherUnavailable(f"{what} could not be placed: {cause}")
+    permanent = isinstance(error, _UNENCODABLE)
+    happened = "cannot be encoded" if permanent else "failed"
+    msg = f"{what} could not be placed: it {happened} ({cause})"
+    return CopyNotPlaced(msg, permanent=permanent)
