@@ -24,6 +24,7 @@ from nameko.amqp.publish import get_connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.testing.services import entrypoint_waiter
 
 from aio_backoff.core import FailurePolicy
 from nameko_bridge import Backoff, BackoffPublisher
@@ -344,3 +345,55 @@ def raised(kind: type[BaseException]) -> Callable[..., bool]:
         return exc_info is not None and issubclass(exc_info[0], kind)
 
     return callback
+
+
+@pytest.fixture
+def publish_until_raised(
+    publish_message: Callable[..., None], exchange: Exchange, queue: Queue
+) -> Callable[..., Any]:
+    """``run(container, kind, payload="msg", routing_key=queue's)``: publish
+    ``payload`` to ``exchange`` and wait until the container's ``method`` reports
+    ``kind``; returns that exception."""
+
+    def run(
+        container: Any,
+        kind: type[BaseException],
+        payload: Any = "msg",
+        routing_key: str | None = None,
+    ) -> Any:
+        with entrypoint_waiter(container, "method", callback=raised(kind)) as result:
+            publish_message(
+                exchange, payload, routing_key=routing_key or queue.routing_key
+            )
+        with pytest.raises(kind) as error:
+            result.get()
+        return error.value
+
+    return run
+
+
+@pytest.fixture
+def expire_a_message(
+    start_service: Callable[[type], Any],
+    publish_until_raised: Callable[..., Any],
+) -> Callable[..., Any]:
+    """``expire(queue, payload="msg", **consume_options)``: run a service whose
+    ``@consume(queue, ...)`` always backs off, publish ``payload`` with the queue's
+    routing key, and wait until the entrypoint reports ``Backoff.Expired``. Returns
+    the container."""
+
+    def expire(queue: Queue, payload: Any = "msg", **options: Any) -> Any:
+        class Service:
+            name = "service"
+
+            @consume(queue, **options)
+            def method(self: Any, payload: Any) -> None:
+                raise Backoff()
+
+        container = start_service(Service)
+        publish_until_raised(
+            container, Backoff.Expired, payload, routing_key=queue.routing_key
+        )
+        return container
+
+    return expire

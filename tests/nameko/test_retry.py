@@ -27,7 +27,7 @@ from nameko_bridge.constants import CALL_ID_STACK_HEADER_KEY
 from nameko_bridge.messaging import Consumer, consume
 from nameko_bridge.rpc import rpc
 
-from .conftest import bridge_records, eventually, raised
+from .conftest import bridge_records, eventually
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -334,13 +334,14 @@ class TestTopology:
 
     def test_an_unroutable_copy_parks_the_message(
         self,
-        start_service,
         publish_message,
         exchange,
+        start_service,
         queue,
         declared_queues,
         fetch_message,
         bridge_log,
+        publish_until_raised,
     ):
         """Unroutable also after a fresh declare: permanent. The message is parked
         with the reason, once, and the container goes on (it used to die)."""
@@ -363,20 +364,16 @@ class TestTopology:
 
         with patch.object(BackoffPublisher, "make_queue", unroutable_queue):
             container = start_service(Service)
-            with entrypoint_waiter(
-                container, "method", callback=raised(CopyNotPlaced)
-            ) as result:
-                publish_message(exchange, "keep me", routing_key=queue.routing_key)
-            with pytest.raises(CopyNotPlaced, match="came back unroutable"):
-                result.get()
+            error = publish_until_raised(container, CopyNotPlaced, "keep me")
+            assert "came back unroutable" in str(error)
 
             assert declared_queues.count("nowhere") == 2  # first publish, then again
             parked = fetch_message(f"{queue.name}.parked")
             assert parked.decode() == "keep me"
             assert "came back unroutable" in parked.headers["backoff-error"]
             assert parked.headers.get("backoff-retries") is None
-            [error] = bridge_records(bridge_log, logging.ERROR)
-            assert "parked the message of queue 'messages'" in error
+            [logged] = bridge_records(bridge_log, logging.ERROR)
+            assert "parked the message of queue 'messages'" in logged
 
             with entrypoint_waiter(container, "method") as result:
                 publish_message(exchange, "next", routing_key=queue.routing_key)
@@ -733,14 +730,15 @@ class TestRefusedByTheBroker:
 
     def test_delay_queue_with_other_arguments(
         self,
-        start_service,
-        rabbit_config,
         publish_message,
         exchange,
+        start_service,
+        rabbit_config,
         queue,
         counter,
         fetch_message,
         bridge_log,
+        publish_until_raised,
     ):
         with get_connection(rabbit_config["AMQP_URI"]) as conn:
             Queue("backoff--20ms", durable=False).bind(conn).declare()
@@ -756,20 +754,16 @@ class TestRefusedByTheBroker:
                 raise dynamic_backoff(20)()
 
         container = start_service(Service)
-        with entrypoint_waiter(
-            container, "method", callback=raised(CopyNotPlaced)
-        ) as result:
-            publish_message(exchange, "keep me", routing_key=queue.routing_key)
-        with pytest.raises(CopyNotPlaced, match="PRECONDITION_FAILED") as refused:
-            result.get()
-        assert isinstance(refused.value.__cause__, PreconditionFailed)
+        refused = publish_until_raised(container, CopyNotPlaced, "keep me")
+        assert "PRECONDITION_FAILED" in str(refused)
+        assert isinstance(refused.__cause__, PreconditionFailed)
 
         parked = fetch_message(f"{queue.name}.parked")
         assert parked.decode() == "keep me"
         assert "PRECONDITION_FAILED" in parked.headers["backoff-error"]
         assert parked.headers["backoff-queue"] == queue.name
-        [error] = bridge_records(bridge_log, logging.ERROR)
-        assert "the broker refused the delayed copy" in error
+        [logged] = bridge_records(bridge_log, logging.ERROR)
+        assert "the broker refused the delayed copy" in logged
         # the failed declare is not taken for a lease: the next copy declares
         publisher = get_extension(container, BackoffPublisher)
         assert publisher.lease_book.needs_declare(DelayQueue(delay_ms=20))
@@ -780,34 +774,13 @@ class TestRefusedByTheBroker:
         assert counter["keep me"] == 1  # the handler did not run again
 
     def test_parking_queue_with_other_arguments(
-        self,
-        start_service,
-        rabbit_config,
-        publish_message,
-        exchange,
-        queue,
-        limited_backoff,
-        fetch_message,
-        wait_for_backoff_expired,
+        self, expire_a_message, rabbit_config, queue, limited_backoff, fetch_message
     ):
         """The expired message goes into the parking queue as it exists."""
         with get_connection(rabbit_config["AMQP_URI"]) as conn:
             Queue(f"{queue.name}.parked", durable=False).bind(conn).declare()
 
-        class Service:
-            name = "service"
-
-            @consume(queue, on_expired="park")
-            def method(self, payload):
-                raise Backoff()
-
-        container = start_service(Service)
-        with entrypoint_waiter(
-            container, "method", callback=wait_for_backoff_expired
-        ) as result:
-            publish_message(exchange, "keep me", routing_key=queue.routing_key)
-        with pytest.raises(Backoff.Expired):
-            result.get()
+        expire_a_message(queue, payload="keep me", on_expired="park")
 
         kept = fetch_message(f"{queue.name}.parked")
         assert kept.decode() == "keep me"
