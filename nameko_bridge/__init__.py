@@ -5,13 +5,14 @@ sans-IO core of :mod:`aio_backoff`, so nameko services and asyncio consumers spe
 retry protocol.
 """
 
-from ._entrypoints import expect_backoff_exception
+from ._entrypoints import CopyNotPlaced, expect_backoff_exception
 from .backoff import Backoff, BackoffPublisher
 from .decorators import entrypoint_retry
 
 __all__ = [
     "Backoff",
     "BackoffPublisher",
+    "CopyNotPlaced",
     "entrypoint_retry",
     "expect_backoff_exception",
 ]

@@ -6,6 +6,14 @@ queue is declared) and ``random`` (whose ``gauss`` draws the jitter).
 
 The retry decision itself (count, delay, headers, delay queue) comes from the sans-IO
 core, :func:`aio_backoff.plan_retry`; this module only carries it out with kombu.
+
+Every publish here (delayed copies, parked copies) waits for the broker's confirm
+at most :attr:`BackoffPublisher.confirm_timeout` seconds (default
+:data:`DEFAULT_CONFIRM_TIMEOUT_S`; the container config key
+``BACKOFF_CONFIRM_TIMEOUT`` overrides it): py-amqp's ``basic_publish_confirm``
+takes kombu's ``confirm_timeout`` and raises ``socket.timeout`` when it passes, and
+kombu then closes that pooled connection, so a late confirm cannot be taken for the
+next publish's.
 """
 
 from __future__ import annotations
@@ -14,44 +22,49 @@ import logging
 import random
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
-from amqp.exceptions import NotFound  # type: ignore[import-untyped]
+import amqp.exceptions as amqp_errors  # type: ignore[import-untyped]
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
-from kombu.exceptions import ChannelError
+from kombu.exceptions import ChannelError, OperationalError
 from kombu.pools import producers
 from nameko.amqp.publish import UndeliverableMessage
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY,
     AMQP_URI_CONFIG_KEY,
-    DEFAULT_RETRY_POLICY,
     DEFAULT_TRANSPORT_OPTIONS,
     LOGIN_METHOD_CONFIG_KEY,
     PERSISTENT,
 )
 from nameko.extensions import SharedExtension
 
-import aio_backoff
 from aio_backoff.core import (
     DEFAULT_EXCHANGE,
     EXPIRY_GRACE_PERIOD_MS,
     KEPT_PROPERTIES,
     DelayQueue,
+    FailurePolicy,
     LeaseBook,
     RetryPlan,
+    TransientTries,
     delay_queue_name,
     parked_headers,
     parking_queue_name,
     plan_retry,
     round_to_nearest,
 )
+from aio_backoff.core import Backoff as CoreBackoff
 
 __all__ = [
+    "CONFIRM_TIMEOUT_CONFIG_KEY",
+    "DEFAULT_CONFIRM_TIMEOUT_S",
     "EXPIRY_GRACE_PERIOD",
     "Backoff",
     "BackoffPublisher",
     "get_backoff_queue_name",
+    "is_transient",
     "round_to_nearest",
 ]
 
@@ -62,12 +75,55 @@ EXPIRY_GRACE_PERIOD = EXPIRY_GRACE_PERIOD_MS
 time a retry is planned, so tests may patch it small."""
 
 
+DEFAULT_CONFIRM_TIMEOUT_S = 10.0
+"""Seconds a publish of a copy waits for the broker's confirm before it counts as a
+transient failure (the message then goes back to its queue after a pause)."""
+
+CONFIRM_TIMEOUT_CONFIG_KEY = "BACKOFF_CONFIRM_TIMEOUT"
+"""Container config key that overrides :data:`DEFAULT_CONFIRM_TIMEOUT_S`."""
+
+_RETRY_POLICY = {"max_retries": 1}
+"""kombu's retry of one publish: once, on a fresh connection (a pooled connection
+may have died since its last use). A failure after that is handled by the
+entrypoints: a pause, then the message goes back to its queue."""
+
+_TRANSIENT = (
+    OperationalError,  # kombu's wrapper of a recoverable connection error
+    amqp_errors.MessageNacked,
+    amqp_errors.RecoverableChannelError,
+    amqp_errors.ConnectionError,
+    OSError,  # socket errors, and socket.timeout: the confirm did not come in time
+)
+_PERMANENT = (
+    # the request itself was wrong: the broker closes the connection for these,
+    # but a new connection gets the same answer
+    amqp_errors.AMQPNotImplementedError,
+    amqp_errors.ContentTooLarge,
+    amqp_errors.FrameError,
+    amqp_errors.FrameSyntaxError,
+    amqp_errors.InvalidCommand,
+    amqp_errors.InvalidPath,
+    amqp_errors.NotAllowed,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed publish or declare can heal by itself.
+
+    Transient: a closed or broken connection or channel, a confirm timeout, a nack
+    from the broker. Everything else is permanent (the broker refused a declare or
+    the copy, the copy came back unroutable after a fresh declare, a header cannot be
+    encoded): trying again fails the same way.
+    """
+    return not isinstance(error, _PERMANENT) and isinstance(error, _TRANSIENT)
+
+
 def get_backoff_queue_name(expiration: int) -> str:
     """``backoff--{expiration}ms``: the delay queue for ``expiration`` ms."""
     return delay_queue_name(expiration)
 
 
-class Backoff(aio_backoff.Backoff):
+class Backoff(CoreBackoff):
     """Raise in a nameko entrypoint to have the message delivered again later.
 
     The same exception as :class:`aio_backoff.Backoff` (this is a subclass; an
@@ -76,7 +132,7 @@ class Backoff(aio_backoff.Backoff):
     ``nameko_bridge.backoff.random`` controls it.
     """
 
-    class Expired(aio_backoff.Backoff.Expired):
+    class Expired(CoreBackoff.Expired):
         """The core's ``Backoff.Expired`` under the name nameko-amqp-retry gave it.
 
         A subclass, so ``except aio_backoff.Backoff.Expired`` catches it; its own
@@ -92,7 +148,7 @@ class Backoff(aio_backoff.Backoff):
         return random.gauss(mu, sigma)
 
 
-def as_nameko_expired(expired: aio_backoff.Backoff.Expired) -> Backoff.Expired:
+def as_nameko_expired(expired: CoreBackoff.Expired) -> Backoff.Expired:
     """``expired`` as a :class:`Backoff.Expired` of this module.
 
     Returned unchanged when it already is one; otherwise (the core's class, from an
@@ -140,18 +196,29 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     One per container, shared by its entrypoints. Copies go out through kombu's
     producer pool for this container's broker (the pool nameko's
     :class:`~nameko.amqp.publish.Publisher` uses too, with the same options) with
-    ``mandatory`` delivery and publisher confirms. A delay queue is declared only
-    when this publisher's :class:`~aio_backoff.LeaseBook` says its last declare is
-    older than half the grace period; a copy that comes back unroutable (the queue
-    was deleted) is declared and published once more, and if it is unroutable again
+    ``mandatory`` delivery and publisher confirms, each confirm awaited at most
+    ``confirm_timeout`` seconds. A delay queue is declared only when this
+    publisher's :class:`~aio_backoff.LeaseBook` says its last declare is older than
+    half the grace period; a copy that comes back unroutable (the queue was
+    deleted) is declared and published once more, and if it is unroutable again
     :class:`~nameko.amqp.publish.UndeliverableMessage` is raised.
+
+    It also holds what the entrypoints need to wait out transient failures:
+    ``failure_policy`` (an :class:`aio_backoff.core.FailurePolicy`: the pause before
+    a message goes back to its queue, and how many tries before it is parked) and
+    ``transient_tries`` (the per-message count).
     """
 
     exchange_name: str = DEFAULT_EXCHANGE
+    confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S
+    """Seconds a publish waits for its confirm (the container config key
+    ``BACKOFF_CONFIRM_TIMEOUT`` overrides it)."""
+    failure_policy: FailurePolicy = FailurePolicy()
 
     def __init__(self) -> None:
         super().__init__()
         self.lease_book = LeaseBook(clock=time.monotonic)
+        self.transient_tries = TransientTries()
         self._exchange = Exchange(  # type: ignore[no-untyped-call]
             name=self.exchange_name, type="headers", durable=True
         )
@@ -185,6 +252,13 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             )
         return self._connection
 
+    @property
+    def confirm_timeout_s(self) -> float:
+        """The confirm timeout in force: the container's config, else the class's."""
+        container = getattr(self, "container", None)
+        config = getattr(container, "config", None) or {}
+        return float(config.get(CONFIRM_TIMEOUT_CONFIG_KEY, self.confirm_timeout))
+
     def make_queue(self, expiration: int) -> Queue:
         """The kombu queue that holds copies delayed by ``expiration`` ms.
 
@@ -208,9 +282,25 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             )
         return queue
 
+    def plan(
+        self,
+        backoff_exc: CoreBackoff,
+        headers: Mapping[str, Any] | None,
+        target_queue: str,
+    ) -> RetryPlan:
+        """The core's plan for the next retry (raises ``Backoff.Expired`` when the
+        retries are spent, ``ValueError``/``TypeError`` for a bad ``Backoff``)."""
+        return plan_retry(
+            backoff_exc,
+            headers,
+            target_queue=target_queue,
+            exchange=self.exchange.name,
+            grace_ms=EXPIRY_GRACE_PERIOD,
+        )
+
     def republish(
         self,
-        backoff_exc: aio_backoff.Backoff,
+        backoff_exc: CoreBackoff,
         message: Any,
         target_queue: str,
         *,
@@ -220,27 +310,31 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
 
         ``headers`` (default: the message's own) are the headers the copy starts
         from. Raises ``Backoff.Expired`` when the retries are spent and
-        ``UndeliverableMessage`` when the copy cannot be placed. Never settles
-        ``message``.
+        ``UndeliverableMessage`` (or the broker's error) when the copy cannot be
+        placed. Never settles ``message``.
         """
-        plan = plan_retry(
-            backoff_exc,
-            message.headers if headers is None else headers,
-            target_queue=target_queue,
-            exchange=self.exchange.name,
-            grace_ms=EXPIRY_GRACE_PERIOD,
+        plan = self.plan(
+            backoff_exc, message.headers if headers is None else headers, target_queue
         )
+        self.publish_copy(message, plan)
+        return plan
+
+    def publish_copy(self, message: Any, plan: RetryPlan) -> None:
+        """Publish the delayed copy of ``message`` that ``plan`` describes.
+
+        Raises ``UndeliverableMessage`` when it comes back unroutable also after a
+        fresh declare, or the error of the publish; never settles ``message``.
+        """
         queue = self.make_queue(plan.delay_ms)
         self._publish_copy(message, plan, queue)
         log.info(
             "retry #%r (limit %s) for queue %r in %r ms via %r",
             plan.retry_number,
             "none" if plan.limit is None else plan.limit,
-            target_queue,
+            plan.routing_key,
             plan.delay_ms,
             queue.name,
         )
-        return plan
 
     def _publish_copy(self, message: Any, plan: RetryPlan, queue: Queue) -> None:
         lease = plan.delay_queue
@@ -262,7 +356,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                     declare=[queue] if declaring else [],
                     properties=properties,
                 )
-            except (UndeliverableMessage, NotFound) as error:
+            except (UndeliverableMessage, amqp_errors.NotFound) as error:
                 # NotFound: the exchange itself was deleted since we declared it
                 failure = error
             except BaseException:
@@ -286,9 +380,9 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             f"the delayed copy of a message for queue {plan.routing_key!r} "
             f"(retry #{plan.retry_number}, {plan.delay_ms} ms) came back unroutable "
             f"from exchange {self.exchange.name!r}, also after declaring delay queue "
-            f"{queue.name!r} again; the original goes back to its queue. Check that "
-            "the delay queue is bound to the exchange with the binding arguments of "
-            "docs/protocol.md and that no policy rejects it."
+            f"{queue.name!r} again. Check that the delay queue is bound to the "
+            "exchange with the binding arguments of docs/protocol.md and that no "
+            "policy rejects it."
         )
         raise UndeliverableMessage(msg) from failure
 
@@ -307,9 +401,12 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
 
         What nameko's ``Publisher.publish`` does for a copy (delayed or parked),
         without rebuilding the kombu connection on each call: a pooled producer,
-        persistent unless ``properties`` say otherwise, retried on connection errors
-        with nameko's ``DEFAULT_RETRY_POLICY``. Raises ``UndeliverableMessage`` when
-        the broker returns the copy as unroutable.
+        persistent unless ``properties`` say otherwise, tried once more on a fresh
+        connection after a connection error, the confirm awaited at most
+        :attr:`confirm_timeout_s`. Raises ``UndeliverableMessage`` when the broker
+        returns the copy as unroutable. On any error kombu closes the pooled
+        connection (a channel the broker closed, or a confirm that may still come,
+        is not used again).
         """
         options = {"delivery_mode": PERSISTENT, "priority": 0}
         options.update(properties)
@@ -325,7 +422,8 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                     mandatory=True,
                     serializer="json",
                     retry=True,
-                    retry_policy=DEFAULT_RETRY_POLICY,
+                    retry_policy=_RETRY_POLICY,
+                    confirm_timeout=self.confirm_timeout_s,
                     **options,
                 )
             except ChannelError as error:
@@ -337,19 +435,21 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         self,
         message: Any,
         queue_name: str,
-        error: BaseException,
+        error: BaseException | str,
         *,
         headers: Mapping[str, Any] | None = None,
     ) -> str:
         """Publish ``message`` to ``{queue_name}.parked`` (declared durable), confirmed.
 
         The copy keeps body and properties, and gains the headers ``backoff-error``
-        and ``backoff-queue``. Returns the parking queue's name; raises
-        ``UndeliverableMessage`` when the broker does not take the copy. Never
-        settles ``message``.
+        (``error``) and ``backoff-queue``. A parking queue that exists with other
+        arguments is used as it is. Returns the parking queue's name; raises
+        ``UndeliverableMessage`` (or the publish error) when the broker does not take
+        the copy. Never settles ``message``.
         """
         parking = parking_queue_name(queue_name)
-        self._publish_confirmed(
+        publish = partial(
+            self._publish_confirmed,
             message.body,
             exchange="",
             routing_key=parking,
@@ -359,10 +459,32 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                 queue=queue_name,
             ),
             expiration=None,
-            declare=[Queue(parking, durable=True)],  # type: ignore[no-untyped-call]
             properties=_copy_properties(message),
         )
-        log.warning(
-            "parked a message from queue %r in %r: %s", queue_name, parking, error
-        )
+        try:
+            publish(declare=[Queue(parking, durable=True)])  # type: ignore[no-untyped-call]
+        except amqp_errors.PreconditionFailed as refused:
+            log.warning(
+                "parking queue %r exists with other arguments (%s); parking in it "
+                "as it is",
+                parking,
+                refused,
+            )
+            publish(declare=[])
         return parking
+
+    def dead_letter_exchange_exists(self, name: str) -> bool:
+        """Whether the exchange ``name`` exists (the default exchange always does).
+
+        Asked before a message is rejected to its queue's dead-letter exchange: the
+        broker drops a message whose dead-letter exchange does not exist.
+        """
+        if not name:
+            return True
+        with self.connection.clone() as connection:  # type: ignore[no-untyped-call]
+            channel = connection.channel()
+            try:
+                channel.exchange_declare(name, "direct", passive=True)
+            except amqp_errors.NotFound:
+                return False
+        return True

@@ -15,33 +15,44 @@ from ._compat import message_settler
 from ._entrypoints import (
     ExcInfo,
     backoff_in,
+    carry_out_backoff,
     check_on_expired,
     expect_backoff_exception,
     retry_headers,
-    retry_later,
+    without_method_id,
 )
 from .backoff import Backoff, BackoffPublisher
 
 __all__ = ["Backoff", "Consumer", "consume"]
 
+_DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
+
 
 class Consumer(NamekoConsumer):  # type: ignore[misc]
     """nameko's ``Consumer``; an entrypoint that raises ``Backoff`` is retried later.
 
-    ``on_expired``: what happens to a message whose retries are spent. ``"raise"``
-    (the default, as nameko-amqp-retry): the entrypoint's result is
-    ``Backoff.Expired`` and the message is acked. ``"park"``: the same, but a copy is
-    first kept in the durable queue ``{queue}.parked`` for a person to inspect.
+    ``on_expired``: what happens to a message whose retries are spent; the
+    entrypoint's result is ``Backoff.Expired`` with each choice.
+
+    - ``"keep"`` (the default; ``"raise"`` is its old name): rejected to the
+      queue's dead-letter exchange when the queue declares one
+      (``x-dead-letter-exchange`` in its ``queue_arguments``) and it exists, else
+      parked in the durable queue ``{queue}.parked``;
+    - ``"park"``: always parked in ``{queue}.parked``;
+    - ``"ack"``: acked and gone, as nameko-amqp-retry 0.7.1 did.
     """
 
     backoff_publisher = BackoffPublisher()
 
-    def __init__(self, *args: Any, on_expired: str = "raise", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_expired: str = "keep", **kwargs: Any) -> None:
         kwargs["expected_exceptions"] = expect_backoff_exception(
             kwargs.pop("expected_exceptions", ())
         )
         self.on_expired = check_on_expired(on_expired)
         super().__init__(*args, **kwargs)
+
+    def unpack_message_headers(self, message: Any) -> dict[str, Any]:
+        return without_method_id(super().unpack_message_headers(message))
 
     def handle_result(
         self,
@@ -51,28 +62,25 @@ class Consumer(NamekoConsumer):  # type: ignore[misc]
         exc_info: ExcInfo | None = None,
     ) -> tuple[Any, ExcInfo | None]:
         backoff = backoff_in(exc_info)
-        if backoff is None:
+        if backoff is None or exc_info is None:
             return super().handle_result(message, worker_ctx, result, exc_info)  # type: ignore[no-any-return]
 
-        headers = retry_headers(message, worker_ctx)
-        queue_name = self.queue.name
-        expired = retry_later(
-            self, message, backoff, target_queue=queue_name, headers=headers
+        arguments = self.queue.queue_arguments or {}
+        verdict = carry_out_backoff(
+            self,
+            message,
+            backoff,
+            exc_info,
+            target_queue=self.queue.name,
+            headers=retry_headers(message, worker_ctx),
+            on_expired=self.on_expired,
+            dead_letter_exchange=arguments.get(_DEAD_LETTER_EXCHANGE),
         )
-        if expired is None:
+        if not verdict.settled:
+            message_settler(self).ack_message(message)
+        if verdict.exc_info[1] is backoff:
             return result, exc_info
-
-        settler = message_settler(self)
-        if self.on_expired == "park":
-            try:
-                self.backoff_publisher.park(
-                    message, queue_name, expired[1], headers=headers
-                )
-            except BaseException:
-                settler.requeue_message(message)
-                raise
-        settler.ack_message(message)
-        return None, expired
+        return None, verdict.exc_info
 
 
 consume = Consumer.decorator

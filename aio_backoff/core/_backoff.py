@@ -394,14 +394,36 @@ def as_backoff(
     retry_for: RetryFor,
     backoff: type[Backoff],
 ) -> Backoff | None:
-    """``error`` as a ``Backoff``: itself, a ``backoff`` chained from it, or None."""
+    """``error`` as a ``Backoff``: itself, a ``backoff`` chained from it, or None.
+
+    An upstream expiry is not retried again, so that retries do not multiply along
+    a chain of services: a ``Backoff.Expired`` (also
+    :class:`aio_backoff.core.nameko_wire.RemoteExpired`) or nameko's ``RemoteError``
+    whose ``exc_type`` is ``"Expired"`` gives None even when ``retry_for`` covers it
+    (``Exception`` does), unless ``retry_for`` names ``Backoff.Expired`` (or a
+    subclass of it) itself.
+    """
     if isinstance(error, Backoff):
         return error
-    if retry_for and isinstance(error, retry_for):
-        converted = backoff()
-        converted.__cause__ = error
-        return converted
-    return None
+    if not retry_for or not isinstance(error, retry_for):
+        return None
+    if _is_expiry(error) and not any(
+        isinstance(kind, type) and issubclass(kind, Backoff.Expired)
+        for kind in retry_for
+    ):
+        return None
+    converted = backoff()
+    converted.__cause__ = error
+    return converted
+
+
+def _is_expiry(error: BaseException) -> bool:
+    """Whether ``error`` says that retries were spent upstream: a ``Backoff.Expired``,
+    or a remote error (nameko's ``RemoteError``) whose ``exc_type`` is ``"Expired"``."""
+    return (
+        isinstance(error, Backoff.Expired)
+        or getattr(error, "exc_type", None) == "Expired"
+    )
 
 
 # Tracebacks and nameko's remote errors name the public path, not the private module.

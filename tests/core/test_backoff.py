@@ -685,3 +685,29 @@ def test_public_classes_name_the_public_module() -> None:
     assert f"{Backoff.__module__}.{Backoff.Expired.__qualname__}" == (
         "aio_backoff.Backoff.Expired"
     )
+
+
+def test_as_backoff_does_not_retry_an_upstream_expiry_unless_asked() -> None:
+    """Finding 6: with ``retry_for=(Exception,)`` an expiry from upstream (ours, the
+    nameko wire's ``RemoteExpired``, or nameko's ``RemoteError`` with ``exc_type``
+    ``"Expired"``) is not retried again; naming ``Backoff.Expired`` asks for it."""
+    from aio_backoff.core.nameko_wire import RemoteExpired  # noqa: PLC0415
+
+    class NamekoRemoteError(Exception):  # nameko.exceptions.RemoteError's shape
+        def __init__(self, exc_type: str, value: str) -> None:
+            super().__init__(f"{exc_type} {value}")
+            self.exc_type = exc_type
+
+    upstream = [
+        Backoff.Expired("Backoff aborted after '2' retries (~0 seconds)"),
+        RemoteExpired("Expired", "Backoff aborted after '2' retries (~0 seconds)"),
+        NamekoRemoteError("Expired", "Backoff aborted after '2' retries"),
+    ]
+    for error in upstream:
+        assert as_backoff(error, (Exception,), Backoff) is None, error
+        converted = as_backoff(error, (Exception, Backoff.Expired), Backoff)
+        assert isinstance(converted, Backoff), error
+        assert converted.__cause__ is error
+    # another remote error is still retried
+    other = NamekoRemoteError("ConnectionError", "down")
+    assert isinstance(as_backoff(other, (Exception,), Backoff), Backoff)

@@ -4,12 +4,14 @@ During a rolling upgrade, old (0.7.1, its own virtual environment) and new
 (nameko_bridge) instances of a service consume the same queue. On RabbitMQ 3.x
 neither loses a message nor resets a count: 0.7.1 counts from ``x-death``, which the
 broker keeps growing, and nameko_bridge reads the larger of ``x-death`` and its own
-``backoff-retries`` header.
+``backoff-retries`` header. A message whose retries run out on the new side is
+kept in ``{queue}.parked`` (0.7.1 acks it away).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,3 +112,28 @@ async def test_old_and_new_share_a_queue_without_losing_a_message_or_a_count(
         crossed += len(handled_by) > 1
     assert sides == {"nameko_bridge", "nameko_amqp_retry"}
     assert crossed >= 1, "no message was retried by both versions"
+
+    expired_on_the_new_side = {
+        job["key"]
+        for job in dooms
+        if any(
+            r["outcome"] == "Expired" and r["side"] == "nameko_bridge"
+            for r in records(job["key"])
+        )
+    }
+    assert (
+        await parked_keys(channel, f"{nameko_side.migration_queue}.parked")
+        == expired_on_the_new_side
+    )
+
+
+async def parked_keys(channel: AbstractChannel, name: str) -> set[str]:
+    """The job keys parked in ``name`` (taken off it; the queue is deleted)."""
+    queue = await channel.declare_queue(name, durable=True)
+    keys: set[str] = set()
+    try:
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            keys.add(json.loads(message.body)["key"])
+    finally:
+        await queue.delete(if_unused=False, if_empty=False)
+    return keys

@@ -8,6 +8,7 @@ Schedules are tens of milliseconds and jitter is off unless a test turns it on.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 from unittest.mock import patch
 
 import pytest
+from amqp.exceptions import NotFound
 from kombu import Connection
 from kombu.messaging import Exchange, Queue
 from kombu.pools import connections, producers
@@ -22,8 +24,10 @@ from nameko.amqp.publish import get_connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.testing.services import entrypoint_waiter
 
-from nameko_bridge import Backoff
+from aio_backoff.core import FailurePolicy
+from nameko_bridge import Backoff, BackoffPublisher
 from nameko_bridge.events import event_handler
 from nameko_bridge.messaging import consume
 from nameko_bridge.rpc import rpc
@@ -286,3 +290,110 @@ def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
                 raise
             time.sleep(min(0.05 * 2**attempt, 0.5))
     return None  # pragma: no cover
+
+
+@pytest.fixture
+def fetch_message(amqp_uri: str) -> Callable[..., Any]:
+    """``fetch(queue_name, timeout=5)``: the first message ``basic.get`` finds in an
+    existing queue (taken off it), waiting for one to arrive; no declare, so a queue
+    with any arguments will do. Fails when none arrives in time."""
+
+    def fetch(queue_name: str, timeout: float = 5.0) -> Any:
+        def got() -> Any:
+            with Connection(amqp_uri) as conn:
+                channel = conn.channel()
+                try:
+                    raw = channel.basic_get(queue_name, no_ack=True)
+                except NotFound:
+                    raw = None
+                assert raw is not None, f"no message in {queue_name!r}"
+                return channel.message_to_python(raw)
+
+        return eventually(got, timeout=timeout)
+
+    return fetch
+
+
+@pytest.fixture
+def bridge_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog for the ``nameko_bridge`` loggers, from INFO up."""
+    with caplog.at_level(logging.INFO, logger="nameko_bridge"):
+        yield caplog
+
+
+def bridge_records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    """Messages of the ``nameko_bridge`` records at exactly ``level``."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("nameko_bridge") and record.levelno == level
+    ]
+
+
+@pytest.fixture
+def quick_failures() -> Iterator[FailurePolicy]:
+    """Transient failures waited out in tenths of a second, parked at the third."""
+    policy = FailurePolicy(max_transient_tries=3, first_pause_s=0.1, max_pause_s=0.2)
+    with patch.object(BackoffPublisher, "failure_policy", policy):
+        yield policy
+
+
+def raised(kind: type[BaseException]) -> Callable[..., bool]:
+    """``entrypoint_waiter`` callback: done when the entrypoint's result is ``kind``."""
+
+    def callback(worker_ctx: Any, result: Any, exc_info: Any) -> bool:
+        return exc_info is not None and issubclass(exc_info[0], kind)
+
+    return callback
+
+
+@pytest.fixture
+def publish_until_raised(
+    publish_message: Callable[..., None], exchange: Exchange, queue: Queue
+) -> Callable[..., Any]:
+    """``run(container, kind, payload="msg", routing_key=queue's)``: publish
+    ``payload`` to ``exchange`` and wait until the container's ``method`` reports
+    ``kind``; returns that exception."""
+
+    def run(
+        container: Any,
+        kind: type[BaseException],
+        payload: Any = "msg",
+        routing_key: str | None = None,
+    ) -> Any:
+        with entrypoint_waiter(container, "method", callback=raised(kind)) as result:
+            publish_message(
+                exchange, payload, routing_key=routing_key or queue.routing_key
+            )
+        with pytest.raises(kind) as error:
+            result.get()
+        return error.value
+
+    return run
+
+
+@pytest.fixture
+def expire_a_message(
+    start_service: Callable[[type], Any],
+    publish_until_raised: Callable[..., Any],
+) -> Callable[..., Any]:
+    """``expire(queue, payload="msg", **consume_options)``: run a service whose
+    ``@consume(queue, ...)`` always backs off, publish ``payload`` with the queue's
+    routing key, and wait until the entrypoint reports ``Backoff.Expired``. Returns
+    the container."""
+
+    def expire(queue: Queue, payload: Any = "msg", **options: Any) -> Any:
+        class Service:
+            name = "service"
+
+            @consume(queue, **options)
+            def method(self: Any, payload: Any) -> None:
+                raise Backoff()
+
+        container = start_service(Service)
+        publish_until_raised(
+            container, Backoff.Expired, payload, routing_key=queue.routing_key
+        )
+        return container
+
+    return expire

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 from unittest.mock import ANY, patch
 
@@ -14,7 +13,7 @@ from amqp.exceptions import NotFound, PreconditionFailed
 from kombu.entity import Queue as KombuQueue
 from kombu.messaging import Exchange, Queue
 from kombu.serialization import register, unregister
-from nameko.amqp.publish import UndeliverableMessage, get_connection
+from nameko.amqp.publish import get_connection
 from nameko.extensions import DependencyProvider
 from nameko.testing.services import entrypoint_waiter
 from nameko.testing.utils import get_extension
@@ -22,13 +21,13 @@ from nameko.testing.utils import get_extension
 import aio_backoff
 import nameko_bridge.backoff
 from aio_backoff import DelayQueue, plan_retry, retries_done
-from nameko_bridge import Backoff, BackoffPublisher
+from nameko_bridge import Backoff, BackoffPublisher, CopyNotPlaced
 from nameko_bridge.backoff import get_backoff_queue_name
 from nameko_bridge.constants import CALL_ID_STACK_HEADER_KEY
 from nameko_bridge.messaging import Consumer, consume
 from nameko_bridge.rpc import rpc
 
-from .conftest import eventually
+from .conftest import bridge_records, eventually
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,6 +41,16 @@ def dynamic_backoff(delay: int, limit: int | None = None) -> type[Backoff]:
     if limit is not None:
         DynamicBackoff.limit = limit
     return DynamicBackoff
+
+
+def assert_gone(rabbit_config: dict[str, Any], name: str) -> None:
+    """Fail while the queue ``name`` exists."""
+    with get_connection(rabbit_config["AMQP_URI"]) as conn:
+        try:
+            Queue(name).bind(conn).queue_declare(passive=True)
+        except NotFound:
+            return
+    raise AssertionError(f"{name} still exists")
 
 
 @pytest.fixture
@@ -166,40 +175,49 @@ class TestTopology:
             for delay in delays:
                 publish_message(exchange, delay, routing_key=queue.routing_key)
 
-        def gone(name: str) -> None:
-            with get_connection(rabbit_config["AMQP_URI"]) as conn:
-                try:
-                    Queue(name).bind(conn).queue_declare(passive=True)
-                except NotFound:
-                    return
-            raise AssertionError(f"{name} still exists")
-
         for delay in set(delays):
-            eventually(lambda delay=delay: gone(get_backoff_queue_name(delay)))
+            eventually(
+                lambda delay=delay: assert_gone(
+                    rabbit_config, get_backoff_queue_name(delay)
+                )
+            )
 
     def test_republishing_renews_the_delay_queue(
-        self, delaying_container, publish_message, exchange, queue, counter
+        self,
+        delaying_container,
+        publish_message,
+        exchange,
+        queue,
+        counter,
+        caplog,
+        rabbit_config,
     ):
-        """Each publish comes more than a grace period after the last: without a
-        fresh declare the queue (and the copy in it) would be gone before the copy
-        leaves it, and the waiter would time out."""
+        """Each copy is published after the delay queue of the one before has
+        expired (waited for): the lease is stale by then, so the publisher declares
+        the queue again first, and no copy comes back unroutable. Without that
+        renewal each copy would find the queue gone and be rescued only by the
+        redeclare-on-return fallback, which logs it."""
         delays = [50, 50, 50]
-        grace_ms = 200
 
-        def all_expired(worker_ctx, result, exc_info):
-            if exc_info[0] is not Backoff.Expired:
-                return False
-            return counter.increment() == len(delays)
+        def expired(worker_ctx, result, exc_info):
+            return exc_info is not None and exc_info[0] is Backoff.Expired
 
         with (
-            patch.object(nameko_bridge.backoff, "EXPIRY_GRACE_PERIOD", grace_ms),
-            entrypoint_waiter(
-                delaying_container, "backoff", callback=all_expired, timeout=10
-            ),
+            caplog.at_level(logging.WARNING, logger="nameko_bridge"),
+            patch.object(nameko_bridge.backoff, "EXPIRY_GRACE_PERIOD", 100),
         ):
             for delay in delays:
-                publish_message(exchange, delay, routing_key=queue.routing_key)
-                time.sleep(grace_ms / 1000 * 1.2)
+                with entrypoint_waiter(
+                    delaying_container, "backoff", callback=expired, timeout=10
+                ):
+                    publish_message(exchange, delay, routing_key=queue.routing_key)
+                counter.increment()
+                eventually(
+                    lambda: assert_gone(rabbit_config, get_backoff_queue_name(50))
+                )
+
+        assert counter == len(delays)
+        assert "unroutable" not in caplog.text
 
     def test_a_fresh_lease_skips_the_declare(
         self,
@@ -314,16 +332,20 @@ class TestTopology:
         assert declared_queues.count("backoff--20ms") == 2
         assert "came back unroutable" in caplog.text
 
-    def test_unroutable_copy_surfaces_and_the_original_is_kept(
+    def test_an_unroutable_copy_parks_the_message(
         self,
-        container_factory,
-        rabbit_config,
         publish_message,
         exchange,
+        start_service,
         queue,
-        get_message_from_queue,
         declared_queues,
+        fetch_message,
+        bridge_log,
+        publish_until_raised,
     ):
+        """Unroutable also after a fresh declare: permanent. The message is parked
+        with the reason, once, and the container goes on (it used to die)."""
+
         def unroutable_queue(self, expiration):
             return Queue(
                 "nowhere",
@@ -336,19 +358,26 @@ class TestTopology:
 
             @consume(queue)
             def method(self, payload):
+                if payload == "next":
+                    return "done"
                 raise Backoff()
 
-        container = container_factory(Service, rabbit_config)
         with patch.object(BackoffPublisher, "make_queue", unroutable_queue):
-            container.start()
-            publish_message(exchange, "keep me", routing_key=queue.routing_key)
-            with pytest.raises(UndeliverableMessage, match="came back unroutable"):
-                container.wait()
+            container = start_service(Service)
+            error = publish_until_raised(container, CopyNotPlaced, "keep me")
+            assert "came back unroutable" in str(error)
 
-        assert declared_queues.count("nowhere") == 2  # first publish, then again
-        kept = get_message_from_queue(queue.name)
-        assert kept.payload == "keep me"
-        assert kept.headers.get("backoff-retries") is None
+            assert declared_queues.count("nowhere") == 2  # first publish, then again
+            parked = fetch_message(f"{queue.name}.parked")
+            assert parked.decode() == "keep me"
+            assert "came back unroutable" in parked.headers["backoff-error"]
+            assert parked.headers.get("backoff-retries") is None
+            [logged] = bridge_records(bridge_log, logging.ERROR)
+            assert "parked the message of queue 'messages'" in logged
+
+            with entrypoint_waiter(container, "method") as result:
+                publish_message(exchange, "next", routing_key=queue.routing_key)
+            assert result.get() == "done"
 
 
 class TestMultipleMessages:
@@ -695,17 +724,21 @@ class TestRetryCount:
 
 
 class TestRefusedByTheBroker:
-    """A declare the broker refuses (a queue exists with other arguments): the
-    original goes back to its queue and the error reaches the container."""
+    """A declare the broker refuses (a queue exists with other arguments) is
+    permanent: the message is kept at once, with the reason, in one ERROR line, and
+    the container goes on (it used to die, and the message came back to loop)."""
 
     def test_delay_queue_with_other_arguments(
         self,
-        start_service,
-        rabbit_config,
         publish_message,
         exchange,
+        start_service,
+        rabbit_config,
         queue,
-        get_message_from_queue,
+        counter,
+        fetch_message,
+        bridge_log,
+        publish_until_raised,
     ):
         with get_connection(rabbit_config["AMQP_URI"]) as conn:
             Queue("backoff--20ms", durable=False).bind(conn).declare()
@@ -715,43 +748,40 @@ class TestRefusedByTheBroker:
 
             @consume(queue)
             def method(self, payload):
+                counter[payload].increment()
+                if payload == "next":
+                    return "done"
                 raise dynamic_backoff(20)()
 
         container = start_service(Service)
-        publish_message(exchange, "keep me", routing_key=queue.routing_key)
-        with pytest.raises(PreconditionFailed):
-            container.wait()
+        refused = publish_until_raised(container, CopyNotPlaced, "keep me")
+        assert "PRECONDITION_FAILED" in str(refused)
+        assert isinstance(refused.__cause__, PreconditionFailed)
 
-        assert get_message_from_queue(queue.name).payload == "keep me"
+        parked = fetch_message(f"{queue.name}.parked")
+        assert parked.decode() == "keep me"
+        assert "PRECONDITION_FAILED" in parked.headers["backoff-error"]
+        assert parked.headers["backoff-queue"] == queue.name
+        [logged] = bridge_records(bridge_log, logging.ERROR)
+        assert "the broker refused the delayed copy" in logged
         # the failed declare is not taken for a lease: the next copy declares
         publisher = get_extension(container, BackoffPublisher)
         assert publisher.lease_book.needs_declare(DelayQueue(delay_ms=20))
 
+        with entrypoint_waiter(container, "method") as result:
+            publish_message(exchange, "next", routing_key=queue.routing_key)
+        assert result.get() == "done"
+        assert counter["keep me"] == 1  # the handler did not run again
+
     def test_parking_queue_with_other_arguments(
-        self,
-        start_service,
-        rabbit_config,
-        publish_message,
-        exchange,
-        queue,
-        limited_backoff,
-        get_message_from_queue,
+        self, expire_a_message, rabbit_config, queue, limited_backoff, fetch_message
     ):
+        """The expired message goes into the parking queue as it exists."""
         with get_connection(rabbit_config["AMQP_URI"]) as conn:
             Queue(f"{queue.name}.parked", durable=False).bind(conn).declare()
 
-        class Service:
-            name = "service"
+        expire_a_message(queue, payload="keep me", on_expired="park")
 
-            @consume(queue, on_expired="park")
-            def method(self, payload):
-                raise Backoff()
-
-        container = start_service(Service)
-        publish_message(exchange, "keep me", routing_key=queue.routing_key)
-        with pytest.raises(PreconditionFailed):
-            container.wait()
-
-        kept = get_message_from_queue(queue.name)
-        assert kept.payload == "keep me"
+        kept = fetch_message(f"{queue.name}.parked")
+        assert kept.decode() == "keep me"
         assert kept.headers["backoff-retries"] == limited_backoff

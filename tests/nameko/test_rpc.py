@@ -11,6 +11,9 @@ from kombu.messaging import Exchange, Queue
 from kombu.pools import connections, producers
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import IncorrectSignature, MethodNotFound, RemoteError
+from nameko.extensions import DependencyProvider
+from nameko.rpc import RpcProxy
+from nameko.rpc import rpc as nameko_rpc
 from nameko.testing.services import entrypoint_waiter
 from nameko.testing.utils import get_extension
 
@@ -176,16 +179,96 @@ def test_unknown_method_is_replied_as_method_not_found(container, rpc_proxy):
         rpc_proxy.service.missing()
 
 
-def test_the_method_id_header_wins_over_the_routing_key(container, rabbit_config):
-    """How a retried request finds its method again: by ``nameko.rpc_method_id``."""
+def test_the_method_id_header_wins_on_a_delayed_copy(container, rabbit_config):
+    """How a retried request finds its method again: a delayed copy (it carries
+    ``backoff-retries``) comes back with the queue's name as routing key, and
+    ``nameko.rpc_method_id`` names the method."""
     replies = raw_rpc_call(
         rabbit_config,
         routing_key="service.not_this_one",
-        headers={RPC_METHOD_ID_HEADER_KEY: "service.method"},
+        headers={RPC_METHOD_ID_HEADER_KEY: "service.method", "backoff-retries": 3},
     )
     assert [reply.decode() for reply in replies] == [
         {"result": "result", "error": None}
     ]
+
+
+def test_a_method_id_header_on_a_new_request_is_ignored(start_service, rabbit_config):
+    """Finding 1: a request that is not a delayed copy is routed by its routing
+    key, whatever ``nameko.rpc_method_id`` it carries (a leftover of a retried call
+    upstream)."""
+
+    class Service:
+        name = "service"
+
+        @rpc
+        def method(self, payload):
+            return "method"
+
+    start_service(Service)
+    replies = raw_rpc_call(
+        rabbit_config,
+        routing_key="service.method",
+        headers={RPC_METHOD_ID_HEADER_KEY: "upstream.work"},
+    )
+    assert [reply.decode() for reply in replies] == [
+        {"result": "method", "error": None}
+    ]
+
+
+class ContextData(DependencyProvider):
+    """Gives the service the worker's context data."""
+
+    def get_dependency(self, worker_ctx):
+        return worker_ctx.context_data
+
+
+@pytest.mark.parametrize(
+    "other_rpc",
+    [pytest.param(rpc, id="nameko_bridge"), pytest.param(nameko_rpc, id="nameko")],
+)
+def test_a_retried_method_can_call_another_service(
+    start_service, rpc_proxy, counter, other_rpc
+):
+    """Finding 1, nameko to nameko: ``work`` backs off once, and on its retry calls
+    ``other.echo`` through ``RpcProxy``. The method id of the retried request stays
+    out of the worker's context, so it does not travel on the call: the call reaches
+    ``echo`` (a ``nameko_bridge`` service used to answer ``MethodNotFound: work``),
+    and ``echo``'s context, where nameko puts every header of a request, has none."""
+    contexts: dict[str, list[dict[str, Any]]] = {"work": [], "echo": []}
+
+    class Other:
+        name = "other"
+
+        context = ContextData()
+
+        @other_rpc
+        def echo(self, value):
+            contexts["echo"].append(dict(self.context))
+            return value
+
+    class Caller:
+        name = "caller"
+
+        other = RpcProxy("other")
+        context = ContextData()
+
+        @rpc
+        def work(self, value):
+            contexts["work"].append(dict(self.context))
+            if counter.increment() == 1:
+                raise Backoff()
+            return self.other.echo(value)
+
+    start_service(Other)
+    start_service(Caller)
+
+    assert rpc_proxy.caller.work("hello") == "hello"
+    assert counter == 2
+    [echo] = contexts["echo"]
+    assert echo["call_id_stack"][-2].startswith("caller.work.")
+    for context in [*contexts["work"], echo]:
+        assert "rpc_method_id" not in context
 
 
 def test_aio_backoff_raised_in_a_nameko_entrypoint(start_service, rpc_proxy, counter):
