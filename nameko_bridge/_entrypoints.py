@@ -45,8 +45,6 @@ import eventlet
 from aio_backoff.core import Backoff as CoreBackoff
 from aio_backoff.core import Outcome, Settle, decide
 from aio_backoff.core.nameko_wire import (
-    HEADER_PREFIX,
-    RPC_METHOD_ID_HEADER,
     backoff_call_id_stack,
 )
 
@@ -65,7 +63,6 @@ __all__ = [
     "check_on_expired",
     "expect_backoff_exception",
     "retry_headers",
-    "without_method_id",
 ]
 
 log = logging.getLogger("nameko_bridge").getChild("entrypoints")
@@ -73,9 +70,6 @@ log = logging.getLogger("nameko_bridge").getChild("entrypoints")
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 OnExpired = Literal["keep", "park", "ack", "raise"]
 ON_EXPIRED_CHOICES: tuple[OnExpired, ...] = ("keep", "park", "ack", "raise")
-
-_METHOD_ID_CONTEXT_KEY = RPC_METHOD_ID_HEADER.removeprefix(f"{HEADER_PREFIX}.")
-
 
 class CopyNotPlaced(Exception):
     """A retry that will not work by trying again: it could not be planned (a bad
@@ -134,18 +128,6 @@ def retry_headers(message: Any, worker_ctx: Any) -> dict[str, Any]:
     # never empty: it ends with this call
     headers[CALL_ID_STACK_HEADER_KEY] = backoff_call_id_stack(worker_ctx.call_id_stack)
     return headers
-
-
-def without_method_id(context_data: dict[str, Any]) -> dict[str, Any]:
-    """A worker's context data without the RPC method id of its request.
-
-    nameko puts every header of a request into the worker's context and every entry
-    of the context onto the worker's own calls; a retried request carries
-    ``nameko.rpc_method_id``, which must not reach another service (it would call
-    the method of this one there).
-    """
-    context_data.pop(_METHOD_ID_CONTEXT_KEY, None)
-    return context_data
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from typing import Any
 
 from nameko.messaging import Consumer as NamekoConsumer
 
+from aio_backoff.core.nameko_wire import without_carried_delivery_keys
+
 from ._compat import message_settler
 from ._entrypoints import (
     ExcInfo,
@@ -19,7 +21,6 @@ from ._entrypoints import (
     check_on_expired,
     expect_backoff_exception,
     retry_headers,
-    without_method_id,
 )
 from .backoff import Backoff, BackoffPublisher
 
@@ -52,7 +53,10 @@ class Consumer(NamekoConsumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     def unpack_message_headers(self, message: Any) -> dict[str, Any]:
-        return without_method_id(super().unpack_message_headers(message))
+        # a caller's nameko.* context never brings a retry count or a method id
+        return without_carried_delivery_keys(
+            super().unpack_message_headers(message), message.headers
+        )
 
     def handle_result(
         self,

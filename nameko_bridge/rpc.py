@@ -19,7 +19,7 @@ from nameko.rpc import Rpc as NamekoRpc
 from nameko.rpc import RpcConsumer as NamekoRpcConsumer
 
 from aio_backoff.core import DELAY_HEADER, RETRIES_HEADER
-from aio_backoff.core.nameko_wire import rpc_routing_key
+from aio_backoff.core.nameko_wire import rpc_routing_key, without_carried_delivery_keys
 
 from ._entrypoints import (
     ExcInfo,
@@ -28,7 +28,6 @@ from ._entrypoints import (
     check_on_expired,
     expect_backoff_exception,
     retry_headers,
-    without_method_id,
 )
 from .backoff import Backoff, BackoffPublisher
 from .constants import RPC_METHOD_ID_HEADER_KEY
@@ -86,7 +85,10 @@ class Rpc(NamekoRpc):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     def unpack_message_headers(self, message: Any) -> dict[str, Any]:
-        return without_method_id(super().unpack_message_headers(message))
+        # a caller's nameko.* context never brings a retry count or a method id
+        return without_carried_delivery_keys(
+            super().unpack_message_headers(message), message.headers
+        )
 
     def handle_result(
         self,

@@ -41,7 +41,13 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 from ._backoff import Backoff
-from ._protocol import RETRIES_HEADER, legacy_retries
+from ._protocol import (
+    DELAY_HEADER,
+    LEGACY_DEATH_HEADER,
+    PROTOCOL_HEADER,
+    RETRIES_HEADER,
+    legacy_retries,
+)
 from ._topology import DEFAULT_EXCHANGE
 
 __all__ = [
@@ -50,6 +56,7 @@ __all__ = [
     "CALL_ID_STACK_HEADER",
     "CONTENT_ENCODING",
     "CONTENT_TYPE",
+    "DELIVERY_KEYS",
     "HEADER_PREFIX",
     "PARENT_CALLS_TRACKED",
     "RPC_EXCHANGE",
@@ -88,6 +95,7 @@ __all__ = [
     "rpc_reply_queue_name",
     "rpc_routing_key",
     "serialize_error",
+    "without_carried_delivery_keys",
 ]
 
 RPC_EXCHANGE: Final = "nameko-rpc"
@@ -98,6 +106,28 @@ RPC_METHOD_ID_KEY: Final = "rpc_method_id"
 RPC_METHOD_ID_HEADER: Final = f"{HEADER_PREFIX}.{RPC_METHOD_ID_KEY}"
 """Written on a backed-off RPC copy (nameko-amqp-retry's name): the original routing
 key ``{service}.{method}``, which the copy loses on its way through the delay queue."""
+DELIVERY_KEYS: Final = frozenset(
+    {
+        RPC_METHOD_ID_KEY,
+        DELAY_HEADER,
+        RETRIES_HEADER,
+        PROTOCOL_HEADER,
+        LEGACY_DEATH_HEADER,
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
+"""Context keys that describe one delivery (its retry count, its method id, the
+broker's dead-letter history), not the call: nameko puts every header of a request
+into the worker context and every context entry onto the worker's own calls, as
+``nameko.{key}``. So a receiver never takes these from a caller's ``nameko.*``
+context, and a sender never passes them on: a service called from a retried method
+must not see that method's count or run that method."""
+
 BACKOFF_CALL_SUFFIX: Final = ".backoff"
 RPC_REPLY_QUEUE_TTL_MS: Final = 300_000
 PARENT_CALLS_TRACKED: Final = 10
@@ -242,14 +272,15 @@ def backoff_call_id_stack(stack: Sequence[str]) -> list[str]:
 def context_headers(data: Mapping[str, Any]) -> dict[str, Any]:
     """Worker context to headers: ``{key: v}`` to ``{"nameko.key": v}``, no Nones.
 
-    ``rpc_method_id`` is never sent on: it names the method of the message being
-    handled, and a receiver that read it would run that method instead of the one
-    called.
+    The :data:`DELIVERY_KEYS` are never sent on: ``rpc_method_id`` names the
+    method of the message being handled (a receiver that read it would run that
+    method instead of the one called), and the retry headers count this message's
+    retries, not the next one's.
     """
     return {
         f"{HEADER_PREFIX}.{key}": value
         for key, value in data.items()
-        if value is not None and key != RPC_METHOD_ID_KEY
+        if value is not None and key not in DELIVERY_KEYS
     }
 
 
@@ -257,16 +288,37 @@ def context_data(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     """Headers to worker context: the ``nameko.`` prefix stripped, the rest kept.
 
     The call-id stack comes back as a list of str (``[]`` when absent or malformed).
-    ``nameko.rpc_method_id`` is left out: it is the backed-off copy's routing key,
-    not context to carry on.
+    The :data:`DELIVERY_KEYS` are taken only from this message's own headers, never
+    from a caller's context (see :func:`without_carried_delivery_keys`).
     """
-    prefix = f"{HEADER_PREFIX}."
-    data = {
-        (key[len(prefix) :] if key.startswith(prefix) else key): value
-        for key, value in (headers or {}).items()
-        if key not in (RPC_METHOD_ID_HEADER, RPC_METHOD_ID_KEY)
-    }
+    data = without_carried_delivery_keys(
+        {_context_key(key): value for key, value in (headers or {}).items()},
+        headers,
+    )
     data[CALL_ID_STACK_KEY] = _as_stack(data.get(CALL_ID_STACK_KEY))
+    return data
+
+
+def _context_key(header: str) -> str:
+    return header.removeprefix(f"{HEADER_PREFIX}.")
+
+
+def without_carried_delivery_keys(
+    data: dict[str, Any], headers: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``data`` (a context made from ``headers``) without what a caller carried on.
+
+    A :data:`DELIVERY_KEYS` entry is kept only when this message has the header
+    itself, unprefixed (a delayed copy's own ``backoff-retries``); one that came as
+    ``nameko.{key}`` is a caller's context and is dropped, and ``rpc_method_id`` is
+    always dropped (the receiver routes by :func:`rpc_method_id`). Changes ``data``
+    in place and returns it.
+    """
+    for key in DELIVERY_KEYS:
+        if headers and key in headers and key != RPC_METHOD_ID_KEY:
+            data[key] = headers[key]
+        else:
+            data.pop(key, None)
     return data
 
 

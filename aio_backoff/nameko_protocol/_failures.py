@@ -12,8 +12,9 @@ it) can fail. :func:`retry_failure` sorts the error into an
 - a *planning error*: the ``Backoff`` subclass, its schedule or a per-raise delay is
   invalid (``ValueError``, ``TypeError``, ``ArithmeticError``).
 
-An error that says itself whether it is transient (a ``transient`` bool attribute,
-as ``CopyNotPlaced`` may carry) is taken at its word.
+A :class:`~aio_backoff.CopyNotPlaced` says itself which it is (its ``outcome``,
+from the aio-pika layer's classification of the broker's answer) and is taken at
+its word.
 """
 
 from __future__ import annotations
@@ -43,14 +44,8 @@ def _transient(error: BaseException) -> bool:
 
 def retry_failure(error: BaseException) -> Outcome:
     """The outcome of a retry whose copy was not placed because of ``error``."""
-    said = getattr(error, "transient", None)
-    if isinstance(said, bool):
-        return Outcome.NOT_PLACED_TRANSIENT if said else Outcome.NOT_PLACED_PERMANENT
     if isinstance(error, CopyNotPlaced):
-        cause = error.__cause__
-        if cause is not None and _transient(cause):
-            return Outcome.NOT_PLACED_TRANSIENT
-        return Outcome.NOT_PLACED_PERMANENT
+        return error.outcome
     if _transient(error):
         return Outcome.NOT_PLACED_TRANSIENT
     if isinstance(error, _PLANNING_ERRORS):

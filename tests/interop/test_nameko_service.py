@@ -731,9 +731,9 @@ async def test_an_expiry_action_that_cannot_place_the_message_pauses_longer(
     service_name: str,
     new_service: ServiceFactory,
 ) -> None:
-    """The parking queue exists as a non-durable queue, so parking is refused: the
-    message goes back to its queue after a pause that grows with each try (before,
-    every 0.2 s for ever)."""
+    """The parking queue exists and refuses every message (``x-max-length: 0``,
+    ``reject-publish``), so parking fails: the message goes back to its queue after
+    a pause that grows with each try (before, every 0.2 s for ever)."""
     service = new_service(backoff=Fast, failure_policy=QUICK)
     attempts: list[tuple[int, float]] = []
     loop = asyncio.get_running_loop()
@@ -747,7 +747,11 @@ async def test_an_expiry_action_that_cannot_place_the_message_pauses_longer(
         raise Backoff
 
     (queue,) = service.event_queues()
-    await channel.declare_queue(parking_queue_name(queue), durable=False)
+    await channel.declare_queue(
+        parking_queue_name(queue),
+        durable=False,
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
     async with service:
         await service.dispatch("job", {})
         await wait_until(lambda: len(attempts) >= 3, what="three expiries")

@@ -426,3 +426,38 @@ def test_unknown_service_says_what_to_do() -> None:
     error = UnknownService("ghost")
     assert error.service == "ghost"
     assert "start the service" in str(error)
+
+
+def test_a_callers_retry_headers_are_not_taken_as_context() -> None:
+    # nameko sends its worker's whole context on as nameko.*: the retried
+    # request's count, method id and x-death must not become the callee's
+    received = {
+        "nameko.backoff-retries": 3,
+        "nameko.backoff": 50,
+        "nameko.rpc_method_id": "upstream.chain",
+        "nameko.x-death": [{"count": 1, "exchange": "backoff"}],
+        "nameko.call_id_stack": ["upstream.chain.1"],
+        "nameko.user": "ada",
+    }
+    assert context_data(received) == {
+        "call_id_stack": ["upstream.chain.1"],
+        "user": "ada",
+    }
+
+
+def test_a_delayed_copy_keeps_its_own_count_over_a_carried_one() -> None:
+    data = context_data({"backoff-retries": 2, "nameko.backoff-retries": 7})
+    assert data["backoff-retries"] == 2
+
+
+def test_delivery_keys_are_never_sent_on() -> None:
+    sent = context_headers(
+        {
+            "backoff-retries": 2,
+            "backoff": 50,
+            "x-death": [{"count": 1}],
+            "rpc_method_id": "svc.work",
+            "user": "ada",
+        }
+    )
+    assert sent == {"nameko.user": "ada"}
