@@ -150,6 +150,8 @@ management.tcp.ip = 127.0.0.1
 management.tcp.port = $MGMT_PORT
 # the suite fills queues with 10,000 copies; never block publishers on a small disk
 disk_free_limit.absolute = 50MB
+# the suite reads queues and connections through the management API: fresh figures
+collect_statistics_interval = 500
 EOF
     # read instead of the installation's rabbitmq-env.conf; node_env sets the rest
     echo '# Written by aio-backoff scripts/faultbroker.sh.' >"$HOST_STATE/rabbitmq-env.conf"
