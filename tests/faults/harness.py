@@ -7,6 +7,7 @@ The scenarios drive the library only through its public API (``Retrier``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -41,9 +42,13 @@ class Consumer:
     retrier: Retrier
 
     async def close(self) -> None:
-        await self.retrier.close()
-        if not self.channel.is_closed:
-            await self.channel.close()
+        """Close the retrier and the channel; give up after 5 s (a publish that
+        waits for a confirm that never comes would hold it for ever)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.retrier.close()
+                if not self.channel.is_closed:
+                    await self.channel.close()
 
 
 async def start_consumer(
@@ -55,12 +60,15 @@ async def start_consumer(
     fail_runs: int = 1,
     prefetch: int = 50,
     work_s: float = 0,
+    until_delayed: bool = False,
     queue_arguments: Mapping[str, Any] | None = None,
     **retrier_options: Any,
 ) -> Consumer:
     """Consume ``queue`` (declared durable) with a ``Retrier``. The handler raises
     ``Backoff()`` on the first ``fail_runs`` runs of each message id, then succeeds;
-    each run takes ``work_s`` seconds."""
+    each run takes ``work_s`` seconds. With ``until_delayed`` it raises until the
+    message comes back through a delay queue: an original that went straight back
+    to its queue (its copy not placed) is not taken for the copy."""
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=prefetch)
     declared = await channel.declare_queue(
@@ -73,12 +81,25 @@ async def start_consumer(
         key = message.message_id or "?"
         if work_s:
             await asyncio.sleep(work_s)
-        if ledger.ran(key) < fail_runs:
+        before = ledger.ran(key)
+        if (not came_through_delay(message)) if until_delayed else before < fail_runs:
             raise Backoff
         ledger.succeeded(key)
 
     await retrier.consume(declared, handle)
     return Consumer(channel, declared, retrier)
+
+
+def came_through_delay(message: AbstractIncomingMessage) -> bool:
+    """Whether a delay queue dead-lettered this message: the broker adds an
+    ``x-death`` entry naming the ``backoff--{N}ms`` queue (3.10 and 4.x alike)."""
+    deaths = (message.headers or {}).get("x-death")
+    return isinstance(deaths, list) and any(
+        isinstance(death, dict)
+        and isinstance(death.get("queue"), str)
+        and death["queue"].startswith("backoff--")
+        for death in deaths
+    )
 
 
 async def publish(

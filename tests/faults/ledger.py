@@ -216,13 +216,16 @@ class Ledger:
         )
 
     def describe(self) -> str:
-        """For assertion messages: the row and a few unsettled ids."""
+        """For assertion messages: the figures and a few lost ids."""
         row = self.row()
-        missing = self.unsettled()
+        missing = [
+            key.rsplit(".", 2)[-2] + "." + key.rsplit(".", 1)[-1]
+            for key in self.unsettled()[:3]
+        ]
         return (
-            f"{row.scenario}: sent {row.sent}, succeeded {row.succeeded}, duplicates "
-            f"{row.duplicates}, parked {row.parked}, lost {row.lost}"
-            + (f"; e.g. lost {missing[:3]}" if missing else "")
+            f"lost {row.lost} of {row.sent} (succeeded {row.succeeded}, parked "
+            f"{row.parked}, duplicates {row.duplicates})"
+            + (f", e.g. {missing}" if missing else "")
         )
 
 

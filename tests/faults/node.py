@@ -23,7 +23,6 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "faultbroker.sh"
 _PORTS = {"3": (5690, 15690), "4": (5691, 15691)}
 
 
-
 def wanted_version() -> str:
     """The broker version the suite runs against: ``FAULTBROKER_VERSION`` (3 or 4)."""
     version = os.environ.get("FAULTBROKER_VERSION", "3")
@@ -182,6 +181,7 @@ class FaultNode:
         except urllib.error.HTTPError as error:
             if error.code != 404:
                 raise
+
 
 def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")
