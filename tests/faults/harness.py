@@ -92,12 +92,13 @@ async def start_consumer(
 
 def came_through_delay(message: AbstractIncomingMessage) -> bool:
     """Whether a delay queue dead-lettered this message: the broker adds an
-    ``x-death`` entry naming the ``backoff--{N}ms`` queue (3.10 and 4.x alike)."""
+    ``x-death`` entry naming the ``backoff--{N}ms`` queue, with an integer count
+    (3.10 and 4.x alike; a forged entry with a text count does not count)."""
     deaths = (message.headers or {}).get("x-death")
     return isinstance(deaths, list) and any(
         isinstance(death, dict)
-        and isinstance(death.get("queue"), str)
-        and death["queue"].startswith("backoff--")
+        and str(death.get("queue", "")).startswith("backoff--")
+        and type(death.get("count")) is int
         for death in deaths
     )
 

@@ -30,8 +30,8 @@ FOLLOWERS = 20
                 {
                     "count": "5",
                     "reason": "expired",
-                    "queue": "orders",
-                    "exchange": "",
+                    "queue": "backoff--31ms",  # the queue it goes through
+                    "exchange": "backoff",
                     "routing-keys": ["orders"],
                     "time": datetime.now(UTC).replace(microsecond=0),
                 }
