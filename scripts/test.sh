@@ -4,6 +4,9 @@
 #   2. nameko tests                    (own pytest process, eventlet monkeypatched)
 #   3. both again against RabbitMQ 4.x (scripts/rabbitmq4.sh), unless
 #      AIO_BACKOFF_SKIP_RABBITMQ4=1
+#   4. the fault suite (tests/faults) on a node of its own per version
+#      (scripts/faultbroker.sh: 3.10 on 5690, 4.x on 5691), stopped afterwards even
+#      when a stage fails; its table goes to build/faults-<version>.md
 # Branch coverage of each package is combined over all runs and must be >= 95%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,12 +48,32 @@ nameko_tests() {  # broker name, amqp port, api port
     --rabbit-api-uri "http://guest:guest@127.0.0.1:$3" "${@:4}"
 }
 
+fault_nodes=()
+stop_fault_nodes() {
+  local version
+  for version in ${fault_nodes[@]+"${fault_nodes[@]}"}; do
+    scripts/faultbroker.sh stop --version "$version" || true
+  done
+}
+trap stop_fault_nodes EXIT
+fault_tests() {  # broker version: 3 or 4
+  local rc=0
+  fault_nodes+=("$1")
+  scripts/faultbroker.sh start --version "$1" &&
+    FAULTBROKER_VERSION=$1 $bin/coverage run -m pytest -p no:pytest_eventlet \
+      -p no:pytest_nameko tests/faults || rc=1
+  scripts/faultbroker.sh stop --version "$1" || true
+  return $rc
+}
+
 run "asyncio tests on RabbitMQ 3" asyncio_tests rabbitmq3
 run "nameko tests on RabbitMQ 3" nameko_tests rabbitmq3 5672 15672
 if ((with_rabbitmq4)); then
   run "asyncio tests on RabbitMQ 4" asyncio_tests rabbitmq4 -m "not core"
   run "nameko tests on RabbitMQ 4" nameko_tests rabbitmq4 5673 15673
 fi
+run "fault suite on RabbitMQ 3.10" fault_tests 3
+((with_rabbitmq4)) && run "fault suite on RabbitMQ 4.x" fault_tests 4
 
 echo "== coverage"
 $bin/coverage combine -q
