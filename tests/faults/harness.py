@@ -75,6 +75,8 @@ async def start_consumer(
         queue, durable=True, arguments=dict(queue_arguments or {})
     )
     ledger.watch(f"{queue}.parked")
+    if "exchange" in retrier_options:
+        retrier_options["delay_exchange"] = retrier_options.pop("exchange")
     retrier = Retrier(channel, backoff=backoff, **retrier_options)
 
     async def handle(message: AbstractIncomingMessage) -> None:

@@ -56,7 +56,11 @@ async def test_delay_exchange_deleted_during_a_stream_of_retries(
     connection = await aio_pika.connect(fault_node.amqp_url, timeout=10)
     sender = await aio_pika.connect(fault_node.amqp_url, timeout=10)
     dropped: list[BaseException | None] = []
-    connection.close_callbacks.add(lambda _, error: dropped.append(error))
+
+    def on_close(_: object, error: BaseException | None) -> None:
+        dropped.append(error)
+
+    connection.close_callbacks.add(on_close)
     try:
         consumer = await start_consumer(
             connection, queue, book, fail_runs=2, prefetch=100, exchange=exchange
@@ -74,6 +78,7 @@ async def test_delay_exchange_deleted_during_a_stream_of_retries(
         if not dropped:
             await consumer.close()
     finally:
+        connection.close_callbacks.discard(on_close)  # our own close is no drop
         await connection.close()
         await sender.close()
     assert not dropped, f"the broker closed the consumer's connection: {dropped[0]!r}"

@@ -69,13 +69,25 @@ async def test_malformed_x_death_keeps_the_delay_queue_up(
         await book.wait_settled(8)
         await publish(connection, queue, book.new_ids(FOLLOWERS, "after"))
         await book.wait_settled(12)
-        state = await fault_node.queue(delay_queue)
+        state = await queue_state(fault_node, delay_queue)
     finally:
         await consumer.close()
         await fault_node.delete_queue(delay_queue)  # a crashed one, too
     book.assert_all_kept()
     assert state is not None, f"{delay_queue} is gone"
     assert state.get("state") == "running", f"{delay_queue} is {state.get('state')!r}"
+
+
+async def queue_state(node: FaultNode, name: str) -> dict[str, Any] | None:
+    """The queue's management record once it reports a state (the statistics of a
+    queue declared a moment ago come a little later); None if there is no queue."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:
+        record = await node.queue(name)
+        if record is None or "state" in record or loop.time() > deadline:
+            return record
+        await asyncio.sleep(0.2)
 
 
 def publish_with_py_amqp(
