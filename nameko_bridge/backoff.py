@@ -252,6 +252,11 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         (:attr:`delay_exchange`), as kombu's ``Exchange``."""
         return self._exchange
 
+    def __dir__(self) -> list[str]:
+        # nameko finds an extension's sub-extensions with inspect.getmembers, which
+        # reads every attribute dir() names: the deprecated one would warn each time
+        return [name for name in super().__dir__() if name != "exchange_name"]
+
     @property
     def exchange_name(self) -> str:
         """Deprecated name of :attr:`delay_exchange`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from types import SimpleNamespace
 from typing import Any
@@ -172,6 +173,15 @@ def test_exchange_name_warns_and_still_works():
     publisher = BackoffPublisher()
     with pytest.warns(DeprecationWarning, match=r"BackoffPublisher\.delay_exchange"):
         assert publisher.exchange_name == "backoff"
+
+
+def test_nameko_looking_for_sub_extensions_sees_no_deprecated_name():
+    """nameko binds an extension with ``inspect.getmembers``, which reads every
+    attribute: that must not warn in every container."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        members = dict(inspect.getmembers(BackoffPublisher()))
+    assert members["delay_exchange"] == "backoff"
 
 
 def test_a_subclass_setting_exchange_name_warns_and_still_works():
