@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from .core import (
     ACTIONS,
-    DEFAULT_EXCHANGE,
+    DEFAULT_DELAY_EXCHANGE,
+    DEFAULT_GRACE_MS,
     DELAY_HEADER,
-    EXPIRY_GRACE_PERIOD_MS,
     MAX_DELAY_MS,
     PROTOCOL_VERSION,
+    RENAMED_CONSTANTS,
     RETRIES_HEADER,
     Action,
     Backoff,
@@ -54,6 +55,7 @@ from .core import (
     round_to_nearest,
     sequence,
 )
+from .core._renames import moved_constant
 from .core.nameko_wire import (
     BROADCAST,
     SERVICE_POOL,
@@ -135,8 +137,7 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        msg = f"module 'aio_backoff' has no attribute {name!r}"
-        raise AttributeError(msg)
+        return moved_constant(__name__, name, RENAMED_CONSTANTS)
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups do not come here again
     return value
@@ -149,10 +150,10 @@ def __dir__() -> list[str]:
 __all__ = [
     "ACTIONS",
     "BROADCAST",
-    "DEFAULT_EXCHANGE",
+    "DEFAULT_DELAY_EXCHANGE",
+    "DEFAULT_GRACE_MS",
     "DELAY_HEADER",
     "EXPIRED_ERROR_TYPE",
-    "EXPIRY_GRACE_PERIOD_MS",
     "MAX_DELAY_MS",
     "PROTOCOL_VERSION",
     "RETRIES_HEADER",

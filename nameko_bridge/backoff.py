@@ -2,7 +2,8 @@
 
 The names here are the ones nameko-amqp-retry 0.7.1 had in its ``backoff`` module, so
 a suite that patches them keeps working: ``EXPIRY_GRACE_PERIOD`` (read whenever a delay
-queue is declared) and ``random`` (whose ``gauss`` draws the jitter).
+queue is declared; the ``grace_ms`` of the core) and ``random`` (whose ``gauss`` draws
+the jitter).
 
 The retry decision itself (count, delay, headers, delay queue) comes from the sans-IO
 core, :func:`aio_backoff.plan_retry`; this module only carries it out with kombu.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import warnings
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -41,8 +43,8 @@ from nameko.constants import (
 from nameko.extensions import SharedExtension
 
 from aio_backoff.core import (
-    DEFAULT_EXCHANGE,
-    EXPIRY_GRACE_PERIOD_MS,
+    DEFAULT_DELAY_EXCHANGE,
+    DEFAULT_GRACE_MS,
     KEPT_PROPERTIES,
     DelayQueue,
     FailurePolicy,
@@ -70,9 +72,10 @@ __all__ = [
 
 log = logging.getLogger("nameko_bridge").getChild("backoff")
 
-EXPIRY_GRACE_PERIOD = EXPIRY_GRACE_PERIOD_MS
-"""ms a delay queue outlives its delay (its ``x-expires`` is delay + this). Read each
-time a retry is planned, so tests may patch it small."""
+EXPIRY_GRACE_PERIOD = DEFAULT_GRACE_MS
+"""nameko-amqp-retry's name of the core's ``grace_ms``: ms a delay queue outlives its
+delay (its ``x-expires`` is delay + this). Read each time a retry is planned, so tests
+may patch it small."""
 
 
 DEFAULT_CONFIRM_TIMEOUT_S = 10.0
@@ -207,29 +210,63 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     ``failure_policy`` (an :class:`aio_backoff.core.FailurePolicy`: the pause before
     a message goes back to its queue, and how many tries before it is parked) and
     ``transient_tries`` (the per-message count).
+
+    ``delay_exchange`` names the delay exchange (a subclass may set another);
+    :attr:`exchange` is that exchange as kombu's ``Exchange``, as nameko-amqp-retry
+    had it. ``exchange_name`` is the deprecated name of ``delay_exchange``.
     """
 
-    exchange_name: str = DEFAULT_EXCHANGE
+    delay_exchange: str = DEFAULT_DELAY_EXCHANGE
     confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S
     """Seconds a publish waits for its confirm (the container config key
     ``BACKOFF_CONFIRM_TIMEOUT`` overrides it)."""
     failure_policy: FailurePolicy = FailurePolicy()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        old = cls.__dict__.get("exchange_name")
+        if isinstance(old, str):  # a subclass still sets the deprecated name
+            warnings.warn(
+                f"{cls.__name__}.exchange_name = ... is deprecated; write "
+                f"{cls.__name__}.delay_exchange = ...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            cls.delay_exchange = old
+            del cls.exchange_name
 
     def __init__(self) -> None:
         super().__init__()
         self.lease_book = LeaseBook(clock=time.monotonic)
         self.transient_tries = TransientTries()
         self._exchange = Exchange(  # type: ignore[no-untyped-call]
-            name=self.exchange_name, type="headers", durable=True
+            name=self.delay_exchange, type="headers", durable=True
         )
         self._connection: Connection | None = None
-        # (delay ms, exchange, grace ms) -> the kombu queue make_queue() built
+        # (delay ms, delay exchange, grace ms) -> the kombu queue make_queue() built
         self._queues: dict[tuple[int, str, int], Queue] = {}
 
     @property
     def exchange(self) -> Exchange:
-        """The durable headers exchange delayed copies are published to."""
+        """The durable headers exchange delayed copies are published to
+        (:attr:`delay_exchange`), as kombu's ``Exchange``."""
         return self._exchange
+
+    def __dir__(self) -> list[str]:
+        # nameko finds an extension's sub-extensions with inspect.getmembers, which
+        # reads every attribute dir() names: the deprecated one would warn each time
+        return [name for name in super().__dir__() if name != "exchange_name"]
+
+    @property
+    def exchange_name(self) -> str:
+        """Deprecated name of :attr:`delay_exchange`."""
+        warnings.warn(
+            "BackoffPublisher.exchange_name is deprecated; write "
+            "BackoffPublisher.delay_exchange",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.delay_exchange
 
     @property
     def connection(self) -> Connection:
@@ -262,17 +299,13 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     def make_queue(self, expiration: int) -> Queue:
         """The kombu queue that holds copies delayed by ``expiration`` ms.
 
-        Built once per delay, exchange and ``EXPIRY_GRACE_PERIOD`` and then reused
-        (kombu binds a copy of it when declaring, never the queue itself).
+        Built once per delay, delay exchange and ``EXPIRY_GRACE_PERIOD`` and then
+        reused (kombu binds a copy of it when declaring, never the queue itself).
         """
-        key = (expiration, self.exchange.name, EXPIRY_GRACE_PERIOD)
+        key = (expiration, self.delay_exchange, EXPIRY_GRACE_PERIOD)
         queue = self._queues.get(key)
         if queue is None:
-            topology = DelayQueue(
-                delay_ms=expiration,
-                exchange=self.exchange.name,
-                grace_ms=EXPIRY_GRACE_PERIOD,
-            )
+            topology = DelayQueue(*key)
             queue = self._queues[key] = Queue(  # type: ignore[no-untyped-call]
                 name=topology.name,
                 exchange=self.exchange,
@@ -294,7 +327,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             backoff_exc,
             headers,
             target_queue=target_queue,
-            exchange=self.exchange.name,
+            delay_exchange=self.delay_exchange,
             grace_ms=EXPIRY_GRACE_PERIOD,
         )
 
@@ -372,14 +405,14 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                     "delayed copy for queue %r came back unroutable from exchange %r "
                     "(%r); declaring delay queue %r again and publishing once more",
                     plan.routing_key,
-                    self.exchange.name,
+                    self.delay_exchange,
                     failure,
                     queue.name,
                 )
         msg = (
             f"the delayed copy of a message for queue {plan.routing_key!r} "
             f"(retry #{plan.retry_number}, {plan.delay_ms} ms) came back unroutable "
-            f"from exchange {self.exchange.name!r}, also after declaring delay queue "
+            f"from exchange {self.delay_exchange!r}, also after declaring delay queue "
             f"{queue.name!r} again. Check that the delay queue is bound to the "
             "exchange with the binding arguments of docs/protocol.md and that no "
             "policy rejects it."

@@ -1,18 +1,20 @@
 """aio-pika fixtures for the asyncio test process (star-imported by its conftests).
 
 Every test gets its own connection and unique names; what a test declares through
-``declared`` is deleted afterwards, and the shared delay queues expire by themselves.
+``declared`` is deleted afterwards (a queue with its ``{queue}.parked``), and the
+shared delay queues expire by themselves.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from aio_backoff import parking_queue_name
 from tests import brokers
 
 __all__ = ["channel", "connection", "declared", "unique_name"]
@@ -58,6 +60,19 @@ class Declared:
         self.exchanges.append(name)
         return name
 
+    def with_parking_queues(self) -> list[str]:
+        """The queues, each followed by its ``{queue}.parked``: expiry and failures
+        park by default, so any queue a test consumed may have one."""
+        return list(dict.fromkeys(with_parking_queues(self.queues)))
+
+
+def with_parking_queues(queues: Iterable[str]) -> Iterator[str]:
+    """Each of ``queues``, then its parking queue (unless it is one itself)."""
+    for queue in queues:
+        yield queue
+        if not queue.endswith(".parked"):
+            yield parking_queue_name(queue)
+
 
 @pytest.fixture
 async def declared(
@@ -66,7 +81,7 @@ async def declared(
     names = Declared()
     yield names
     cleanup = await connection.channel()
-    for queue in names.queues:
+    for queue in names.with_parking_queues():
         await cleanup.queue_delete(queue)
     for exchange in names.exchanges:
         await cleanup.exchange_delete(exchange)

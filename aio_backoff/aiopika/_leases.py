@@ -36,7 +36,8 @@ class DelayQueueLeases:
         self, channel: aiormq.abc.AbstractChannel, queue: DelayQueue, *, force: bool
     ) -> None:
         """Declare ``queue`` unless another publish just did; ``force``: even then."""
-        lock = self._renewing.setdefault((queue.exchange, queue.name), asyncio.Lock())
+        key = (queue.delay_exchange, queue.name)
+        lock = self._renewing.setdefault(key, asyncio.Lock())
         async with lock:
             if force or self.book.needs_declare(queue):
                 await self._declare(channel, queue)
@@ -46,12 +47,12 @@ class DelayQueueLeases:
     ) -> None:
         started = self.book.now()
         await channel.exchange_declare(
-            queue.exchange, exchange_type="headers", durable=True
+            queue.delay_exchange, exchange_type="headers", durable=True
         )
         await channel.queue_declare(queue.name, durable=True, arguments=queue.arguments)
         await channel.queue_bind(
             queue.name,
-            queue.exchange,
+            queue.delay_exchange,
             routing_key="",
             arguments=queue.binding_arguments,
         )
@@ -59,6 +60,6 @@ class DelayQueueLeases:
         log.debug(
             "declared delay queue %r on exchange %r (x-expires %r ms)",
             queue.name,
-            queue.exchange,
+            queue.delay_exchange,
             queue.arguments["x-expires"],
         )

@@ -242,7 +242,7 @@ class DelayedPublisher:
         what = (
             f"the delayed copy of a message for queue {plan.routing_key!r} "
             f"(retry #{plan.retry_number}, {plan.delay_ms} ms via exchange "
-            f"{queue.exchange!r} and delay queue {queue.name!r})"
+            f"{queue.delay_exchange!r} and delay queue {queue.name!r})"
         )
         leases = self.leases
         for again in (False, True):
@@ -254,7 +254,7 @@ class DelayedPublisher:
                 sent = True
                 await channel.basic_publish(
                     body,
-                    exchange=queue.exchange,
+                    exchange=queue.delay_exchange,
                     routing_key=plan.routing_key,
                     properties=properties,
                     mandatory=True,
@@ -305,7 +305,7 @@ class DelayedPublisher:
             backoff,
             message.headers,
             target_queue=target_queue,
-            exchange=self.delay_exchange,
+            delay_exchange=self.delay_exchange,
             grace_ms=self.grace_ms,
         )
 

@@ -10,6 +10,8 @@ eventlet, so a nameko process can use all of it without loading aio-pika::
     python -c "import sys, aio_backoff.core; assert 'aio_pika' not in sys.modules"
 """
 
+from typing import Any
+
 from ._backoff import Backoff, BackoffConfigError, RetryFor, as_backoff, backoff_class
 from ._outcome import (
     ACTIONS,
@@ -38,6 +40,7 @@ from ._protocol import (
     parked_headers,
     retries_done,
 )
+from ._renames import moved_constant
 from ._schedule import (
     Schedule,
     capped,
@@ -49,8 +52,8 @@ from ._schedule import (
     sequence,
 )
 from ._topology import (
-    DEFAULT_EXCHANGE,
-    EXPIRY_GRACE_PERIOD_MS,
+    DEFAULT_DELAY_EXCHANGE,
+    DEFAULT_GRACE_MS,
     MAX_DELAY_MS,
     DelayQueue,
     LeaseBook,
@@ -61,9 +64,9 @@ from ._topology import (
 
 __all__ = [
     "ACTIONS",
-    "DEFAULT_EXCHANGE",
+    "DEFAULT_DELAY_EXCHANGE",
+    "DEFAULT_GRACE_MS",
     "DELAY_HEADER",
-    "EXPIRY_GRACE_PERIOD_MS",
     "KEPT_PROPERTIES",
     "LEGACY_DEATH_HEADER",
     "MAX_DELAY_MS",
@@ -106,3 +109,13 @@ __all__ = [
     "round_to_nearest",
     "sequence",
 ]
+
+RENAMED_CONSTANTS: dict[str, tuple[str, Any]] = {
+    "DEFAULT_EXCHANGE": ("DEFAULT_DELAY_EXCHANGE", DEFAULT_DELAY_EXCHANGE),
+    "EXPIRY_GRACE_PERIOD_MS": ("DEFAULT_GRACE_MS", DEFAULT_GRACE_MS),
+}
+"""Deprecated constant names: old name -> (new name, value)."""
+
+
+def __getattr__(name: str) -> Any:
+    return moved_constant(__name__, name, RENAMED_CONSTANTS)

@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from ._protocol import retries_done
+from ._renames import UNSET
 from ._schedule import Schedule, gauss_jitter, is_number, sequence
-from ._topology import DEFAULT_EXCHANGE, MAX_DELAY_MS
+from ._topology import DEFAULT_DELAY_EXCHANGE, MAX_DELAY_MS
 
 __all__ = ["Backoff", "BackoffConfigError", "RetryFor", "as_backoff", "backoff_class"]
 
@@ -331,14 +332,22 @@ class Backoff(Exception):
         return delay_ms
 
     def next(
-        self, message: _HasHeaders, backoff_exchange_name: str = DEFAULT_EXCHANGE
+        self,
+        message: _HasHeaders,
+        delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+        *,
+        backoff_exchange_name: str = UNSET,
     ) -> int:
         """Plan the next retry of ``message`` (anything with ``.headers``).
 
-        Counts the retries from the protocol headers (see ``docs/protocol.md``) and
-        returns :meth:`compute_next` of that count.
+        Counts the retries from the protocol headers (see ``docs/protocol.md``), the
+        legacy ``x-death`` ones out of ``delay_exchange``, and returns
+        :meth:`compute_next` of that count. ``backoff_exchange_name=`` is
+        nameko-amqp-retry's name of ``delay_exchange`` and works the same.
         """
-        return self.compute_next(retries_done(message.headers, backoff_exchange_name))
+        if backoff_exchange_name is not UNSET:
+            delay_exchange = backoff_exchange_name
+        return self.compute_next(retries_done(message.headers, delay_exchange))
 
     @property
     def retry_number(self) -> int | None:

@@ -13,31 +13,32 @@ from typing import Any
 
 from ._backoff import Backoff, BackoffConfigError
 from ._protocol import MAX_RETRIES, delayed_headers, retries_done
-from ._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, DelayQueue
+from ._renames import UNSET, renamed
+from ._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, DelayQueue
 
 __all__ = ["RetryPlan", "plan_retry"]
 
 _DELAY_QUEUES: dict[tuple[int, str, int], DelayQueue] = {}
-"""Checked delay queues by ``(delay_ms, exchange, grace_ms)``: a busy consumer plans
-the same few delays over and over."""
+"""Checked delay queues by ``(delay_ms, delay_exchange, grace_ms)``: a busy consumer
+plans the same few delays over and over."""
 
 _DELAY_QUEUES_MAX = 1024
 """Entries kept before the cache starts over (jittered delays can be many)."""
 
 
-def _delay_queue(delay_ms: int, exchange: str, grace_ms: int) -> DelayQueue:
-    """``DelayQueue(delay_ms, exchange, grace_ms)``, checked once per distinct key."""
+def _delay_queue(delay_ms: int, delay_exchange: str, grace_ms: int) -> DelayQueue:
+    """``DelayQueue(delay_ms, delay_exchange, grace_ms)``, checked once per key."""
     if (
         type(delay_ms) is not int
         or type(grace_ms) is not int
-        or type(exchange) is not str
+        or type(delay_exchange) is not str
     ):
         # True == 1 and 10.0 == 10 would find another key's queue: build it as given
-        return DelayQueue(delay_ms=delay_ms, exchange=exchange, grace_ms=grace_ms)
-    key = (delay_ms, exchange, grace_ms)
+        return DelayQueue(delay_ms, delay_exchange, grace_ms)
+    key = (delay_ms, delay_exchange, grace_ms)
     queue = _DELAY_QUEUES.get(key)
     if queue is None:
-        queue = DelayQueue(delay_ms=delay_ms, exchange=exchange, grace_ms=grace_ms)
+        queue = DelayQueue(delay_ms, delay_exchange, grace_ms)
         if len(_DELAY_QUEUES) >= _DELAY_QUEUES_MAX:
             _DELAY_QUEUES.clear()
         _DELAY_QUEUES[key] = queue
@@ -48,9 +49,9 @@ def _delay_queue(delay_ms: int, exchange: str, grace_ms: int) -> DelayQueue:
 class RetryPlan:
     """A delayed copy to publish: where, with which headers, for how long.
 
-    Publish the body to ``delay_queue.exchange`` with ``routing_key``, ``headers`` and
-    a per-message expiration of ``delay_ms``; the delay queue dead-letters it back to
-    the queue ``routing_key`` names.
+    Publish the body to ``delay_queue.delay_exchange`` with ``routing_key``,
+    ``headers`` and a per-message expiration of ``delay_ms``; the delay queue
+    dead-letters it back to the queue ``routing_key`` names.
     """
 
     delay_ms: int
@@ -72,8 +73,9 @@ def plan_retry(
     headers: Mapping[str, Any] | None,
     *,
     target_queue: str,
-    exchange: str = DEFAULT_EXCHANGE,
-    grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+    delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+    grace_ms: int = DEFAULT_GRACE_MS,
+    exchange: str = UNSET,
 ) -> RetryPlan:
     """Plan the next retry of a message that raised ``backoff``.
 
@@ -81,18 +83,23 @@ def plan_retry(
     and :class:`~aio_backoff.BackoffConfigError` (a *planning error*: retrying
     cannot help) for anything else that stops the plan: an invalid policy or
     ``delay_ms``, a schedule that raises, an invalid grace period.
-    ``target_queue`` is the queue the copy must come back to.
+    ``target_queue`` is the queue the copy must come back to; ``delay_exchange``
+    and ``grace_ms`` name the delay topology (``exchange=`` is the deprecated name
+    of ``delay_exchange``).
     """
+    delay_exchange = renamed(
+        "plan_retry", "exchange", "delay_exchange", exchange, delay_exchange
+    )
     if not isinstance(target_queue, str) or not target_queue:
         msg = (
             "a retry needs the name of the queue the message must come back to; "
             f"got {target_queue!r}"
         )
         raise ValueError(msg)
-    retries = retries_done(headers, exchange)
+    retries = retries_done(headers, delay_exchange)
     try:
         delay = backoff.compute_next(retries)
-        queue = _delay_queue(delay, exchange, grace_ms)
+        queue = _delay_queue(delay, delay_exchange, grace_ms)
         limit = backoff.effective_limit()
     except (Backoff.Expired, BackoffConfigError):
         raise

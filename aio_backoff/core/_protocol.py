@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ._renames import UNSET, renamed
+
 __all__ = [
     "DELAY_HEADER",
     "KEPT_PROPERTIES",
@@ -338,12 +340,22 @@ def _as_count(value: Any) -> int | None:
     return min(int(value), MAX_RETRIES)
 
 
-def legacy_retries(headers: Mapping[str, Any] | None, exchange: str) -> int:
-    """Sum of the ``x-death`` counts for dead-letterings out of ``exchange``'s queues.
+def legacy_retries(
+    headers: Mapping[str, Any] | None,
+    delay_exchange: str = "backoff",
+    *,
+    exchange: str = UNSET,
+) -> int:
+    """Sum of the ``x-death`` counts for dead-letterings out of ``delay_exchange``'s
+    queues.
 
     This is how nameko-amqp-retry 0.7.1 counts retries; on RabbitMQ 4.x it never
-    passes 1 because the broker resets a republished ``x-death``.
+    passes 1 because the broker resets a republished ``x-death``. ``exchange=`` is
+    the deprecated name of ``delay_exchange``.
     """
+    delay_exchange = renamed(
+        "legacy_retries", "exchange", "delay_exchange", exchange, delay_exchange
+    )
     if not headers:
         return 0
     deaths = headers.get(LEGACY_DEATH_HEADER)
@@ -353,7 +365,7 @@ def legacy_retries(headers: Mapping[str, Any] | None, exchange: str) -> int:
     for death in deaths:
         if not isinstance(death, Mapping):
             continue
-        if _as_text(death.get("exchange")) != exchange:
+        if _as_text(death.get("exchange")) != delay_exchange:
             continue
         count = _as_count(death.get("count"))
         if count is not None:
@@ -361,7 +373,12 @@ def legacy_retries(headers: Mapping[str, Any] | None, exchange: str) -> int:
     return min(total, MAX_RETRIES)
 
 
-def retries_done(headers: Mapping[str, Any] | None, exchange: str = "backoff") -> int:
+def retries_done(
+    headers: Mapping[str, Any] | None,
+    delay_exchange: str = "backoff",
+    *,
+    exchange: str = UNSET,
+) -> int:
     """How many retries a message has had: ``max(backoff-retries, legacy x-death)``.
 
     Our own header is authoritative; the legacy count only matters for a message that
@@ -369,7 +386,12 @@ def retries_done(headers: Mapping[str, Any] | None, exchange: str = "backoff") -
     while our header stays put), so the larger of the two is the truth on every
     broker version. A malformed ``backoff-retries`` is logged and ignored: the next
     copy is written with a valid one. A count above :data:`MAX_RETRIES` reads as it.
+    The legacy count is of ``delay_exchange``'s queues; ``exchange=`` is the
+    deprecated name of ``delay_exchange``.
     """
+    delay_exchange = renamed(
+        "retries_done", "exchange", "delay_exchange", exchange, delay_exchange
+    )
     ours = 0
     if headers and RETRIES_HEADER in headers:
         raw = headers[RETRIES_HEADER]
@@ -382,7 +404,7 @@ def retries_done(headers: Mapping[str, Any] | None, exchange: str = "backoff") -
             )
         else:
             ours = parsed
-    return max(ours, legacy_retries(headers, exchange))
+    return max(ours, legacy_retries(headers, delay_exchange))
 
 
 def delayed_headers(

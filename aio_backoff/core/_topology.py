@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._protocol import DELAY_HEADER
+from ._renames import UNSET, deprecated, renamed
 
 __all__ = [
-    "DEFAULT_EXCHANGE",
-    "EXPIRY_GRACE_PERIOD_MS",
+    "DEFAULT_DELAY_EXCHANGE",
+    "DEFAULT_GRACE_MS",
     "MAX_DELAY_MS",
     "DelayQueue",
     "LeaseBook",
@@ -28,9 +29,16 @@ __all__ = [
     "parking_queue_name",
 ]
 
-DEFAULT_EXCHANGE: Final = "backoff"
-EXPIRY_GRACE_PERIOD_MS: Final = 5000
-"""Added to a delay queue's ``x-expires``: how long it outlives its delay."""
+DEFAULT_DELAY_EXCHANGE: Final = "backoff"
+"""The headers exchange delayed copies go through (nameko-amqp-retry's)."""
+DEFAULT_GRACE_MS: Final = 5000
+"""Added to a delay queue's ``x-expires``: how long it outlives its delay
+(nameko-amqp-retry's ``EXPIRY_GRACE_PERIOD``)."""
+
+# The names the two constants had before; modules being refactored elsewhere still
+# import them from here. The public ones (aio_backoff.DEFAULT_EXCHANGE, ...) warn.
+DEFAULT_EXCHANGE: Final = DEFAULT_DELAY_EXCHANGE
+EXPIRY_GRACE_PERIOD_MS: Final = DEFAULT_GRACE_MS
 
 _MAX_EXPIRES_MS: Final = 2**32 - 1
 """RabbitMQ's largest ``x-expires`` and per-message TTL."""
@@ -49,16 +57,36 @@ def parking_queue_name(queue: str) -> str:
     return f"{queue}.parked"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DelayQueue:
-    """Everything needed to declare and bind the queue for one delay."""
+    """Everything needed to declare and bind the queue for one delay.
+
+    ``DelayQueue(delay_ms, delay_exchange="backoff", grace_ms=5000)``;
+    ``exchange=`` is the deprecated name of ``delay_exchange``.
+    """
 
     delay_ms: int
-    exchange: str = DEFAULT_EXCHANGE
-    grace_ms: int = EXPIRY_GRACE_PERIOD_MS
+    delay_exchange: str
+    grace_ms: int
     name: str = field(init=False)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        delay_ms: int,
+        delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+        grace_ms: int = DEFAULT_GRACE_MS,
+        *,
+        exchange: str = UNSET,
+    ) -> None:
+        delay_exchange = renamed(
+            "DelayQueue", "exchange", "delay_exchange", exchange, delay_exchange
+        )
+        object.__setattr__(self, "delay_ms", delay_ms)
+        object.__setattr__(self, "delay_exchange", delay_exchange)
+        object.__setattr__(self, "grace_ms", grace_ms)
+        self._check()
+
+    def _check(self) -> None:
         if isinstance(self.delay_ms, bool) or not isinstance(self.delay_ms, int):
             msg = f"a delay queue needs a whole number of ms, got {self.delay_ms!r}"
             raise TypeError(msg)
@@ -87,6 +115,12 @@ class DelayQueue:
         object.__setattr__(self, "name", delay_queue_name(self.delay_ms))
 
     @property
+    def exchange(self) -> str:
+        """Deprecated name of :attr:`delay_exchange`."""
+        deprecated("DelayQueue.exchange", "DelayQueue.delay_exchange")
+        return self.delay_exchange
+
+    @property
     def arguments(self) -> dict[str, Any]:
         """Queue arguments: dead-letter to the default exchange, expire when idle."""
         return {
@@ -103,11 +137,16 @@ class DelayQueue:
 def delay_queue(
     delay_ms: int,
     *,
-    exchange: str = DEFAULT_EXCHANGE,
-    grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+    delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+    grace_ms: int = DEFAULT_GRACE_MS,
+    exchange: str = UNSET,
 ) -> DelayQueue:
-    """The delay queue for ``delay_ms``."""
-    return DelayQueue(delay_ms=delay_ms, exchange=exchange, grace_ms=grace_ms)
+    """The delay queue for ``delay_ms`` (``exchange=`` is the deprecated name of
+    ``delay_exchange``)."""
+    delay_exchange = renamed(
+        "delay_queue", "exchange", "delay_exchange", exchange, delay_exchange
+    )
+    return DelayQueue(delay_ms, delay_exchange, grace_ms)
 
 
 class LeaseBook:
@@ -140,7 +179,7 @@ class LeaseBook:
 
     def needs_declare(self, queue: DelayQueue) -> bool:
         """Whether ``queue`` must be declared before a copy is published to it."""
-        last = self._declared_at.get((queue.exchange, queue.name))
+        last = self._declared_at.get((queue.delay_exchange, queue.name))
         if last is None:
             return True
         elapsed_ms = (self._clock() - last) * 1000
@@ -149,11 +188,11 @@ class LeaseBook:
     def declared(self, queue: DelayQueue, at: float | None = None) -> None:
         """Record that ``queue`` was declared (at ``at``, or now)."""
         when = self._clock() if at is None else at
-        self._declared_at[(queue.exchange, queue.name)] = when
+        self._declared_at[(queue.delay_exchange, queue.name)] = when
 
     def forget(self, queue: DelayQueue | None = None) -> None:
         """Forget one queue (or all), so the next publish declares again."""
         if queue is None:
             self._declared_at.clear()
         else:
-            self._declared_at.pop((queue.exchange, queue.name), None)
+            self._declared_at.pop((queue.delay_exchange, queue.name), None)

@@ -48,7 +48,8 @@ from ._protocol import (
     RETRIES_HEADER,
     legacy_retries,
 )
-from ._topology import DEFAULT_EXCHANGE
+from ._renames import UNSET, renamed
+from ._topology import DEFAULT_DELAY_EXCHANGE
 
 __all__ = [
     "BACKOFF_CALL_SUFFIX",
@@ -326,20 +327,26 @@ def rpc_method_id(
     headers: Mapping[str, Any] | None,
     routing_key: str | None,
     *,
-    exchange: str = DEFAULT_EXCHANGE,
+    delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+    exchange: str = UNSET,
 ) -> str:
     """The method id (``{service}.{method}``) an RPC request is for.
 
     A delayed copy comes back through the default exchange with its queue's name as
     routing key, so it names its method in ``nameko.rpc_method_id``. Only a message
     that came back through the delay topology (it carries ``backoff-retries``, or
-    an ``x-death`` of ``exchange``'s queues from nameko-amqp-retry) is trusted with
-    that header: nameko copies every ``nameko.*`` header of a request into the
+    an ``x-death`` of ``delay_exchange``'s queues from nameko-amqp-retry) is trusted
+    with that header: nameko copies every ``nameko.*`` header of a request into the
     worker context, so a nameko service that handles a retried request sends the
     header on with the calls it makes. Any other request is routed by
-    ``routing_key``.
+    ``routing_key``. ``exchange=`` is the deprecated name of ``delay_exchange``.
     """
-    if headers and (RETRIES_HEADER in headers or legacy_retries(headers, exchange) > 0):
+    delay_exchange = renamed(
+        "rpc_method_id", "exchange", "delay_exchange", exchange, delay_exchange
+    )
+    if headers and (
+        RETRIES_HEADER in headers or legacy_retries(headers, delay_exchange) > 0
+    ):
         method_id = headers.get(RPC_METHOD_ID_HEADER)
         if isinstance(method_id, bytes):
             method_id = method_id.decode(errors="replace")

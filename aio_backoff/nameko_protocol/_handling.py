@@ -177,7 +177,7 @@ class RpcHandling(_Handling):
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         method_id = rpc_method_id(
-            message.headers, message.routing_key, exchange=self.delay_exchange
+            message.headers, message.routing_key, delay_exchange=self.delay_exchange
         )
         delivery = Delivery(
             message=message,

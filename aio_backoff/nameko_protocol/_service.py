@@ -65,7 +65,7 @@ from ..aiopika._lifecycle import Lifecycle
 from ..aiopika._publisher import DelayedPublisher
 from ..core._backoff import Backoff, RetryFor
 from ..core._outcome import DEFAULT_FAILURE_POLICY, FailurePolicy, Outcome
-from ..core._topology import DEFAULT_EXCHANGE
+from ..core._topology import DEFAULT_DELAY_EXCHANGE
 from ..core.nameko_wire import (
     PARENT_CALLS_TRACKED,
     RPC_EXCHANGE,
@@ -125,7 +125,7 @@ class NamekoService(Lifecycle):
         retry_for: RetryFor = (),
         max_workers: int = 10,
         rpc_exchange: str = RPC_EXCHANGE,
-        delay_exchange: str = DEFAULT_EXCHANGE,
+        delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
         parent_calls_tracked: int = PARENT_CALLS_TRACKED,
         shutdown_timeout: float | None = 30.0,
         failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY,

@@ -227,7 +227,7 @@ async def test_a_refusing_delay_queue_is_retried_slowly_then_parked(
 ) -> None:
     """A nack is transient: a growing pause, a bounded number of tries, parked."""
     grace = 600_000  # the lease stays fresh: no declare, the refusing queue stays
-    queue = delay_queue(own_delay, exchange=delay_exchange, grace_ms=grace)
+    queue = delay_queue(own_delay, delay_exchange=delay_exchange, grace_ms=grace)
     exchange = await channel.declare_exchange(delay_exchange, "headers", durable=True)
     refusing = await channel.declare_queue(
         queue.name,
@@ -262,7 +262,7 @@ async def test_a_delay_queue_declared_elsewhere_with_another_grace_parks_once(
     delay_exchange: str,
     own_delay: int,
 ) -> None:
-    other = delay_queue(own_delay, exchange=delay_exchange, grace_ms=7777)
+    other = delay_queue(own_delay, delay_exchange=delay_exchange, grace_ms=7777)
     await channel.declare_queue(other.name, durable=True, arguments=other.arguments)
     retrier = make_retrier(delay_exchange=delay_exchange)
     recorder = await consume(retrier, target, times=10, delay_ms=own_delay)
@@ -481,7 +481,9 @@ async def test_a_deleted_delay_exchange_does_not_close_the_consumers_connection(
             delay_exchange=delay_exchange,
             failure_policy=FailurePolicy(first_pause_s=0.1, max_pause_s=0.5),
         )
-        retrier.publisher.lease_book.declared(delay_queue(30, exchange=delay_exchange))
+        retrier.publisher.lease_book.declared(
+            delay_queue(30, delay_exchange=delay_exchange)
+        )
         done: set[bytes] = set()
         finished = asyncio.Event()
 

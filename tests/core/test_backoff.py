@@ -448,6 +448,20 @@ def test_backoff_class_keeps_the_base_settings_it_is_not_given() -> None:
     assert cls().compute_next(8) == 50
 
 
+def test_backoff_class_reads_none_as_keep_the_base_and_0_as_forever() -> None:
+    """``None`` means "not given" to ``backoff_class``, so it cannot ask for a
+    limit of None: ``limit=0`` does (retry forever), and ``limit=False`` is refused
+    like in a class statement (BAD_SETTINGS)."""
+    base = backoff_class(schedule=(50,), limit=3, random_sigma=0, name="Base")
+    kept = backoff_class(limit=None, schedule=None, random_sigma=None, base=base)
+    assert (kept.schedule, kept.limit, kept.random_sigma) == ((50,), 3, 0)
+    with pytest.raises(Backoff.Expired):
+        kept().compute_next(3)
+    forever = backoff_class(limit=0, base=base)
+    assert forever.limit == 0
+    assert forever().compute_next(10**6) == 50
+
+
 def test_backoff_class_captures_defaults_at_creation() -> None:
     with patch.object(Backoff, "limit", 3), patch.object(Backoff, "schedule", (70,)):
         captured = backoff_class(random_sigma=0)
@@ -525,10 +539,6 @@ def test_bad_settings_are_refused_where_the_class_is_defined(
 def test_bad_settings_are_refused_by_backoff_class(
     settings: dict[str, Any], text: str
 ) -> None:
-    if settings.get("limit", 1) in (False, None) or settings.get("schedule", 1) in (
-        None,
-    ):
-        pytest.skip("backoff_class reads a falsy-None setting as 'keep the base's'")
     with pytest.raises(BackoffConfigError) as caught:
         backoff_class(name="Bad", **settings)
     assert text in str(caught.value)

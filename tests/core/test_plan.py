@@ -85,10 +85,14 @@ def test_the_plan_continues_from_a_legacy_x_death() -> None:
 def test_another_exchange_and_grace() -> None:
     headers = {"x-death": [{"exchange": "retries", "count": 1}]}
     plan = plan_retry(
-        Steady(), headers, target_queue="orders", exchange="retries", grace_ms=9000
+        Steady(),
+        headers,
+        target_queue="orders",
+        delay_exchange="retries",
+        grace_ms=9000,
     )
     assert plan.delay_ms == 200
-    assert plan.delay_queue == DelayQueue(200, exchange="retries", grace_ms=9000)
+    assert plan.delay_queue == DelayQueue(200, delay_exchange="retries", grace_ms=9000)
     assert plan.delay_queue.arguments["x-expires"] == 9200
 
 
@@ -191,7 +195,7 @@ def test_the_worked_example_of_docs_protocol_md() -> None:
         plan = plan_retry(example(), headers, target_queue="orders")
         assert (plan.retry_number, plan.delay_ms) == (number, delay)
         assert plan.routing_key == "orders"
-        assert plan.delay_queue.exchange == "backoff"
+        assert plan.delay_queue.delay_exchange == "backoff"
         assert plan.expiration_ms == str(delay)
         assert plan.headers == {
             **headers,
@@ -216,11 +220,19 @@ def test_the_worked_example_of_docs_protocol_md() -> None:
 
 
 def test_plans_for_one_delay_share_one_checked_delay_queue() -> None:
-    first = plan_retry(Steady(), {}, target_queue="orders", exchange="ex", grace_ms=900)
-    again = plan_retry(Steady(), {}, target_queue="other", exchange="ex", grace_ms=900)
-    other = plan_retry(Steady(), {}, target_queue="orders", exchange="ex", grace_ms=901)
+    first = plan_retry(
+        Steady(), {}, target_queue="orders", delay_exchange="ex", grace_ms=900
+    )
+    again = plan_retry(
+        Steady(), {}, target_queue="other", delay_exchange="ex", grace_ms=900
+    )
+    other = plan_retry(
+        Steady(), {}, target_queue="orders", delay_exchange="ex", grace_ms=901
+    )
     assert first.delay_queue is again.delay_queue
-    assert other.delay_queue == DelayQueue(delay_ms=100, exchange="ex", grace_ms=901)
+    assert other.delay_queue == DelayQueue(
+        delay_ms=100, delay_exchange="ex", grace_ms=901
+    )
     assert other.delay_queue is not first.delay_queue
 
 

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aio_backoff import (
-    DEFAULT_EXCHANGE,
-    EXPIRY_GRACE_PERIOD_MS,
+    DEFAULT_DELAY_EXCHANGE,
+    DEFAULT_GRACE_MS,
     MAX_DELAY_MS,
     DelayQueue,
     LeaseBook,
@@ -28,8 +28,8 @@ RABBITMQ_MAX_EXPIRES_MS = 2**32 - 1
 
 
 def test_constants() -> None:
-    assert DEFAULT_EXCHANGE == "backoff"
-    assert EXPIRY_GRACE_PERIOD_MS == 5000
+    assert DEFAULT_DELAY_EXCHANGE == "backoff"
+    assert DEFAULT_GRACE_MS == 5000
     assert MAX_DELAY_MS == RABBITMQ_MAX_EXPIRES_MS - 3_600_000
 
 
@@ -42,15 +42,15 @@ def test_names() -> None:
 def test_delay_queue_as_nameko_amqp_retry_declares_it() -> None:
     queue = DelayQueue(1000)
     assert queue.name == "backoff--1000ms"
-    assert queue.exchange == "backoff"
+    assert queue.delay_exchange == "backoff"
     assert queue.grace_ms == 5000
     assert queue.arguments == {"x-expires": 6000, "x-dead-letter-exchange": ""}
     assert queue.binding_arguments == {"backoff": 1000, "x-match": "any"}
 
 
 def test_delay_queue_on_another_exchange_with_another_grace() -> None:
-    queue = delay_queue(250, exchange="retries", grace_ms=60_000)
-    assert queue == DelayQueue(delay_ms=250, exchange="retries", grace_ms=60_000)
+    queue = delay_queue(250, delay_exchange="retries", grace_ms=60_000)
+    assert queue == DelayQueue(delay_ms=250, delay_exchange="retries", grace_ms=60_000)
     assert queue.name == "backoff--250ms"
     assert queue.arguments["x-expires"] == 60_250
     assert queue.binding_arguments == {"backoff": 250, "x-match": "any"}
@@ -77,7 +77,7 @@ def test_every_valid_delay_gives_arguments_rabbitmq_accepts(delay: int) -> None:
     queue = DelayQueue(delay)
     assert queue.name == f"backoff--{delay}ms"
     assert 0 < queue.arguments["x-expires"] <= RABBITMQ_MAX_EXPIRES_MS
-    assert queue.arguments["x-expires"] - delay == EXPIRY_GRACE_PERIOD_MS
+    assert queue.arguments["x-expires"] - delay == DEFAULT_GRACE_MS
     assert queue.binding_arguments["backoff"] == delay
 
 
@@ -165,7 +165,7 @@ def test_leases_are_kept_per_exchange_and_queue() -> None:
     book.declared(DelayQueue(1000))
     assert not book.needs_declare(DelayQueue(1000))
     assert book.needs_declare(DelayQueue(2000))
-    assert book.needs_declare(DelayQueue(1000, exchange="retries"))
+    assert book.needs_declare(DelayQueue(1000, delay_exchange="retries"))
     # the grace is not part of the key: the queue on the broker is the same
     assert not book.needs_declare(DelayQueue(1000, grace_ms=60_000))
 
@@ -202,5 +202,5 @@ def test_the_default_clock_is_monotonic() -> None:
     before = time.monotonic()
     book.declared(queue)
     assert not book.needs_declare(queue)
-    book.declared(queue, at=before - EXPIRY_GRACE_PERIOD_MS / 2000)
+    book.declared(queue, at=before - DEFAULT_GRACE_MS / 2000)
     assert book.needs_declare(queue)

@@ -11,6 +11,7 @@ import pytest
 
 from tests import brokers
 from tests.aio_fixtures import *  # noqa: F403
+from tests.aio_fixtures import with_parking_queues
 from tests.interop.processes import (
     NamekoProcess,
     Report,
@@ -52,6 +53,7 @@ class NamekoSide:
 
     @property
     def queues(self) -> list[str]:
+        """The queues the service consumes."""
         return [
             f"rpc-{self.service}",
             f"evt-{self.event_source}-job_for_nameko--{self.service}.on_job",
@@ -59,6 +61,12 @@ class NamekoSide:
             self.shared_queue,
             self.migration_queue,
         ]
+
+    @property
+    def queues_to_delete(self) -> list[str]:
+        """The queues the service consumes, each with its ``{queue}.parked``
+        (expiry parks by default on every stack)."""
+        return list(with_parking_queues(self.queues))
 
 
 @pytest.fixture(scope="session")
@@ -93,5 +101,7 @@ def nameko_side(
     finally:
         process.stop()
         asyncio.run(
-            delete_queues(url, side.queues, exchanges=[f"{side.event_source}.events"])
+            delete_queues(
+                url, side.queues_to_delete, exchanges=[f"{side.event_source}.events"]
+            )
         )

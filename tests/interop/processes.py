@@ -9,6 +9,7 @@ outcome as a JSON line in a report file (see ``services/nameko_services.py``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import ctypes
 import json
 import os
@@ -16,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -107,6 +110,23 @@ async def delete_queues(
             await channel.exchange_delete(name)
     finally:
         await connection.close()
+
+
+def queues_named(amqp_url: str, api_url: str, prefix: str) -> list[str]:
+    """The queues of ``amqp_url``'s vhost whose names start with ``prefix``, from the
+    management API (for queues named by a nameko process, such as its reply queue
+    ``rpc.reply-{service}-{uuid}``, which nameko leaves to expire after 5 minutes)."""
+    vhost = urllib.parse.urlsplit(amqp_url).path[1:] or "/"
+    api = urllib.parse.urlsplit(api_url)
+    request = urllib.request.Request(
+        f"{api.scheme}://{api.hostname}:{api.port}/api/queues/"
+        f"{urllib.parse.quote(vhost, safe='')}?columns=name"
+    )
+    login = f"{api.username}:{api.password}".encode()
+    request.add_header("Authorization", f"Basic {base64.b64encode(login).decode()}")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        names = [queue["name"] for queue in json.load(answer)]
+    return [name for name in names if name.startswith(prefix)]
 
 
 class NamekoProcess:

@@ -23,9 +23,16 @@ from aio_pika.abc import AbstractRobustConnection
 
 from aio_backoff import NamekoRpcClient, NamekoService, current_call
 from tests import brokers
+from tests.aio_fixtures import with_parking_queues
 from tests.interop.conftest import NamekoSide
 from tests.interop.jobs import AioSide, Fast, new_job
-from tests.interop.processes import NamekoProcess, Report, wait_for_consumers
+from tests.interop.processes import (
+    NamekoProcess,
+    Report,
+    delete_queues,
+    queues_named,
+    wait_for_consumers,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -52,6 +59,9 @@ def nameko_chain(
         yield name
     finally:
         process.stop()
+        replies = queues_named(url, brokers.current().api_url, f"rpc.reply-{name}-")
+        queues = [*with_parking_queues([f"rpc-{name}"]), *replies]
+        asyncio.run(delete_queues(url, queues))
 
 
 @pytest.fixture

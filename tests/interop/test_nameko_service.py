@@ -1113,14 +1113,22 @@ async def test_a_call_the_broker_refuses_raises_its_error(
     connection: AbstractRobustConnection,
     channel: AbstractChannel,
     unique_name: Callable[[str], str],
+    declared: Any,
 ) -> None:
     """The RPC exchange vanished under a running client: the call fails with the
     broker's error instead of waiting for a reply that cannot come."""
-    exchange = unique_name("rpcx")
-    async with NamekoRpcClient(connection, exchange=exchange) as client:
-        await channel.exchange_delete(exchange)
-        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
-            await client.call("anyone", "anything")
+    exchange = declared.exchange(unique_name("rpcx"))
+    # not robust: a robust channel that the broker closed would come back and
+    # declare the reply queue again after the test deleted it
+    plain = await aio_pika.connect(brokers.current().amqp_url, timeout=10)
+    try:
+        async with NamekoRpcClient(plain, exchange=exchange) as client:
+            declared.queue(client.reply_queue)
+            await channel.exchange_delete(exchange)
+            with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+                await client.call("anyone", "anything")
+    finally:
+        await plain.close()
 
 
 # -- hostile input -------------------------------------------------------------------

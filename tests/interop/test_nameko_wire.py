@@ -285,7 +285,7 @@ def test_the_method_id_header_is_trusted_only_on_a_delayed_copy() -> None:
         "x-death": [{"exchange": "backoff", "count": 1, "queue": "backoff--5ms"}],
     }
     assert rpc_method_id(legacy, "rpc-svc") == "svc.other"
-    assert rpc_method_id(legacy, "rpc-svc", exchange="elsewhere") == "rpc-svc"
+    assert rpc_method_id(legacy, "rpc-svc", delay_exchange="elsewhere") == "rpc-svc"
     assert rpc_method_id({"backoff-retries": 1}, "rpc-svc") == "rpc-svc"
 
 

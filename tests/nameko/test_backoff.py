@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import Mock, call, patch
@@ -147,6 +149,52 @@ def test_make_queue_reads_the_grace_period_at_declare_time():
     assert queue.exchange.name == "backoff"
     assert queue.exchange.type == "headers"
     assert queue.durable
+
+
+def test_the_delay_exchange_is_named_delay_exchange():
+    """``delay_exchange`` names it; ``exchange`` is it as kombu's Exchange
+    (nameko-amqp-retry's attribute, no warning); the plan goes through it."""
+
+    class Elsewhere(BackoffPublisher):
+        delay_exchange = "retries"
+
+    publisher = Elsewhere()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert publisher.exchange.name == "retries"
+        assert publisher.make_queue(50).exchange.name == "retries"
+        legacy = {"x-death": deaths(2, exchange="retries")}
+        plan = publisher.plan(Backoff(), legacy, "q")
+    assert plan.delay_queue.delay_exchange == "retries"
+    assert plan.retry_number == 3  # the x-death of "retries" counted
+
+
+def test_exchange_name_warns_and_still_works():
+    publisher = BackoffPublisher()
+    with pytest.warns(DeprecationWarning, match=r"BackoffPublisher\.delay_exchange"):
+        assert publisher.exchange_name == "backoff"
+
+
+def test_nameko_looking_for_sub_extensions_sees_no_deprecated_name():
+    """nameko binds an extension with ``inspect.getmembers``, which reads every
+    attribute: that must not warn in every container."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        members = dict(inspect.getmembers(BackoffPublisher()))
+    assert members["delay_exchange"] == "backoff"
+
+
+def test_a_subclass_setting_exchange_name_warns_and_still_works():
+    with pytest.warns(DeprecationWarning, match=r"Old\.delay_exchange = "):
+
+        class Old(BackoffPublisher):
+            exchange_name = "retries"
+
+    publisher = Old()
+    assert publisher.delay_exchange == "retries"
+    assert publisher.exchange.name == "retries"
+    with pytest.warns(DeprecationWarning, match="exchange_name"):
+        assert publisher.exchange_name == "retries"
 
 
 def test_make_queue_builds_each_delay_queue_once():

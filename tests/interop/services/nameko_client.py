@@ -23,6 +23,7 @@ eventlet.monkey_patch()
 import json  # noqa: E402
 import sys  # noqa: E402
 
+from kombu import Connection  # noqa: E402
 from nameko.amqp.publish import Publisher  # noqa: E402
 from nameko.exceptions import RemoteError  # noqa: E402
 from nameko.standalone.events import event_dispatcher  # noqa: E402
@@ -41,7 +42,19 @@ def outcome(call, *args, **kwargs):
 def main(uri, commands):
     config = {"AMQP_URI": uri}
     pending = []
-    with ClusterRpcProxy(config, timeout=30) as proxy:
+    cluster = ClusterRpcProxy(config, timeout=30)
+    try:
+        run(uri, config, cluster, commands, pending)
+    finally:
+        # nameko leaves its reply queue to expire (x-expires 5 min): delete it now
+        reply_queue = cluster._reply_listener.queue
+        if reply_queue is not None:
+            with Connection(uri) as connection:
+                reply_queue(connection.default_channel).delete()
+
+
+def run(uri, config, cluster, commands, pending):
+    with cluster as proxy:
         for command in commands:
             kind, *rest = command
             if kind == "rpc":

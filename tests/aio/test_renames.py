@@ -1,0 +1,67 @@
+"""The deprecated keywords of the asyncio API still work, with a DeprecationWarning
+that names ``delay_exchange``: one name for the delay exchange on every stack."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from aio_backoff import Backoff, BackoffRPC, DelayedPublisher, Retrier
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
+
+# two retries through the exchange "retries", as nameko-amqp-retry counts them
+LEGACY: Any = SimpleNamespace(
+    headers={"x-death": [{"exchange": "retries", "count": 2, "queue": "q"}]}
+)
+
+
+def planned_exchange(publisher: DelayedPublisher) -> str:
+    plan = publisher.plan(LEGACY, Backoff(), target_queue="q")
+    assert plan.retry_number == 3  # the x-death of "retries" counted
+    return plan.delay_queue.delay_exchange
+
+
+async def test_delayed_publisher_exchange_keyword_warns_and_still_works(
+    channel: AbstractChannel,
+) -> None:
+    with pytest.warns(DeprecationWarning, match=r"DelayedPublisher\(delay_exchange="):
+        publisher = DelayedPublisher(channel, exchange="retries")
+    try:
+        assert publisher.delay_exchange == "retries"
+        assert publisher.exchange == "retries"
+        assert planned_exchange(publisher) == "retries"
+    finally:
+        await publisher.close()
+
+
+def retrier(channel: AbstractChannel) -> DelayedPublisher:
+    return Retrier(channel, exchange="retries").publisher
+
+
+def backoff_rpc(channel: AbstractChannel) -> DelayedPublisher:
+    return BackoffRPC(channel, backoff_exchange="retries").publisher
+
+
+@pytest.mark.parametrize(
+    ("make", "new"),
+    [
+        (retrier, r"Retrier\(delay_exchange="),
+        (backoff_rpc, r"BackoffRPC\(delay_exchange="),
+    ],
+)
+async def test_a_servers_old_keyword_warns_and_still_works(
+    channel: AbstractChannel,
+    make: Callable[[AbstractChannel], DelayedPublisher],
+    new: str,
+) -> None:
+    with pytest.warns(DeprecationWarning, match=new):
+        publisher = make(channel)
+    try:
+        assert planned_exchange(publisher) == "retries"
+    finally:
+        await publisher.close()
