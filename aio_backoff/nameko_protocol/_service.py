@@ -59,9 +59,9 @@ from typing import Any, TypeVar, overload
 
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from ..aiopika._consumer import RetryPolicy
 from ..aiopika._expiry import ExpiryAction, park
 from ..aiopika._lifecycle import Lifecycle
+from ..aiopika._policy import RetryPolicy
 from ..aiopika._publisher import DelayedPublisher
 from ..core._backoff import Backoff, RetryFor
 from ..core._outcome import DEFAULT_FAILURE_POLICY, FailurePolicy, Outcome

@@ -23,12 +23,12 @@ from aio_pika.patterns import RPC, JsonRPC
 from aio_pika.patterns.rpc import JsonRPCError, RPCMessageType
 
 from aio_backoff import Backoff, CopyNotPlaced, DelayedPublisher, backoff_class
-from aio_backoff.aiopika._rpc import (
+from aio_backoff.aiopika._jsonrpc import (
     EXPIRED_ERROR_TYPE,
     BackoffJsonRPC,
-    BackoffRPC,
     RemoteBackoffExpired,
 )
+from aio_backoff.aiopika._rpc import BackoffRPC
 from aio_backoff.core._protocol import DELAY_HEADER, RETRIES_HEADER
 from tests import brokers
 from tests.aio.retrying import FAST_FAILURES, get_one
