@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING, Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from ..core._backoff import Backoff, BackoffConfigError
-from ..core._outcome import Outcome, Settle
-from ._expiry import BUILT_IN_ACTIONS, ExpiredMessage, run_final_action
+from ..core._outcome import Outcome
+from ._failures import CopyNotPlaced, failure_outcome
 from ._policy import RetryPolicy
-from ._publisher import CopyNotPlaced
-from ._settle import keep, requeue
+from ._settle import Delivery
 
 if TYPE_CHECKING:
     from ._retrier import Retrier
@@ -92,6 +91,16 @@ class Processing:
             await publisher.wait_available()
         return self.message
 
+    def delivery(self) -> Delivery:
+        """The message as :class:`~._settle.Settling` carries out its outcomes."""
+        return Delivery(
+            message=self.message,
+            queue=self.queue,
+            subject=f"message {self.message.message_id!r} from queue {self.queue!r}",
+            queue_arguments=self.queue_arguments,
+            on_expired=self.policy.on_expired,
+        )
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -101,16 +110,12 @@ class Processing:
         if exc is None:
             if not self.message.processed:
                 await self.message.ack()
-            self.retrier.failures.settled(self.message)
+            self.retrier.settling.settled(self.message, self.queue)
             return False
         if not isinstance(exc, Exception):
             # CancelledError, KeyboardInterrupt, ...: put it back and propagate
-            await requeue(self.message, self.queue)
-            log.info(
-                "requeued message %r on queue %r: the handler was interrupted (%r)",
-                self.message.message_id,
-                self.queue,
-                exc,
+            await self._carry_out(
+                Outcome.CANCELLED, f"the handler was interrupted ({exc!r})"
             )
             return False
         backoff = self.policy.backoff_for(exc)
@@ -119,6 +124,14 @@ class Processing:
             return False
         await self._retry(backoff)
         return True
+
+    async def _carry_out(
+        self, outcome: Outcome, happened: str, error: BaseException | None = None
+    ) -> None:
+        settling = self.retrier.settling
+        delivery = self.delivery()
+        decision = settling.decide(delivery, outcome)
+        await settling.carry_out(delivery, decision, happened=happened, error=error)
 
     async def _reject(self, error: Exception) -> None:
         requeue_on_error = self.policy.requeue_on_error
@@ -138,21 +151,21 @@ class Processing:
         try:
             plan = publisher.plan(self.message, backoff, target_queue=self.queue)
         except Backoff.Expired as expired:
-            await self._expire(expired)
+            await self._carry_out(Outcome.EXPIRED, str(expired), expired)
             raise
         except Exception as error:
-            await self._failed(Outcome.PLANNING_ERROR, f"planning error: {error}")
+            await self._carry_out(Outcome.PLANNING_ERROR, f"planning error: {error}")
             if isinstance(error, BackoffConfigError):
                 raise
             raise BackoffConfigError(str(error)) from error
         try:
             await publisher.publish_copy(self.message, plan)
         except CopyNotPlaced as failure:
-            await self._failed(failure.outcome, str(failure))
+            await self._carry_out(failure_outcome(failure), str(failure))
             raise
         if not self.message.processed:
             await self.message.ack()
-        self.retrier.failures.settled(self.message)
+        self.retrier.settling.settled(self.message, self.queue)
         log.info(
             "message %r from queue %r: retry #%r (limit %r) in %r ms",
             self.message.message_id,
@@ -161,90 +174,3 @@ class Processing:
             plan.limit,
             plan.delay_ms,
         )
-
-    async def _failed(self, outcome: Outcome, reason: str) -> None:
-        """Carry out the table's action for a failure of ours (not the handler's)."""
-        failures = self.retrier.failures
-        action, tries, pause = failures.decide(self.message, outcome)
-        if action.settle is Settle.REQUEUE_LATER:
-            log.log(
-                action.level,
-                "message %r from queue %r goes back to its queue in %.2f s (%s, "
-                "try %r of %r): %s",
-                self.message.message_id,
-                self.queue,
-                pause,
-                outcome,
-                tries,
-                failures.policy.max_transient_tries or "unlimited",
-                reason,
-            )
-            try:
-                await failures.pause(pause)
-            finally:  # also when cancelled: back on its queue now
-                await requeue(self.message, self.queue)
-            return
-        try:
-            done = await keep(
-                self.message,
-                queue=self.queue,
-                queue_arguments=self.queue_arguments,
-                publisher=self.retrier.publisher,
-                reason=reason,
-            )
-        except Exception as error:
-            if outcome is Outcome.FINAL_ACTION_FAILED:
-                raise
-            log.log(
-                action.level,
-                "message %r from queue %r: %s; keeping it failed: %s",
-                self.message.message_id,
-                self.queue,
-                reason,
-                error,
-            )
-            await self._failed(Outcome.FINAL_ACTION_FAILED, str(error))
-            return
-        failures.settled(self.message)
-        log.log(
-            action.level,
-            "message %r from queue %r %s (%s): %s",
-            self.message.message_id,
-            self.queue,
-            done,
-            outcome,
-            reason,
-        )
-
-    async def _expire(self, error: Backoff.Expired) -> None:
-        expired = ExpiredMessage(
-            message=self.message,
-            queue=self.queue,
-            queue_arguments=self.queue_arguments,
-            error=error,
-            publisher=self.retrier.publisher,
-        )
-        action = self.policy.on_expired
-        if action not in BUILT_IN_ACTIONS:  # the built-in ones log what they did
-            log.warning(
-                "message %r from queue %r expired after %r retries (limit %r); "
-                "calling on_expired %r",
-                self.message.message_id,
-                self.queue,
-                error.retries,
-                error.limit,
-                action,
-            )
-        try:
-            await run_final_action(action, expired)
-        except Exception as failure:
-            await self._failed(
-                Outcome.FINAL_ACTION_FAILED, f"its final action failed: {failure!r}"
-            )
-            raise
-        except BaseException:
-            await requeue(self.message, self.queue)
-            raise
-        if not self.message.processed:
-            await self.message.ack()
-        self.retrier.failures.settled(self.message)

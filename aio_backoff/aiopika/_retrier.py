@@ -24,7 +24,7 @@ from ._policy import RetryPolicy
 from ._processing import Processing, name_of
 from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, CopyNotPlaced, DelayedPublisher
 from ._renames import UNSET, renamed
-from ._settle import TransientFailures, requeue
+from ._settle import Settling, requeue
 
 __all__ = ["Handler", "Retrier"]
 
@@ -65,7 +65,6 @@ class Retrier:
             on_expired=on_expired,
             requeue_on_error=requeue_on_error,
         )
-        self.failures = TransientFailures(failure_policy)
         self.publisher = publisher or DelayedPublisher(
             channel,
             delay_exchange=renamed(
@@ -75,6 +74,8 @@ class Retrier:
             confirm_timeout=confirm_timeout,
             failure_policy=failure_policy,
         )
+        self.settling = Settling(failure_policy, publisher=self.publisher, logger=log)
+        """Carries out the ack table's failures for this retrier's messages."""
         self._consumers: list[tuple[AbstractQueue, ConsumerTag]] = []
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -203,6 +204,7 @@ class Retrier:
         delivered after the cancel are put back unhandled. Then :meth:`close`.
         """
         self._stopping = True
+        self.settling.stop_pausing()  # messages waiting out a pause go back now
         consumers, self._consumers = self._consumers, []
         for queue, tag in consumers:
             with contextlib.suppress(Exception):  # its channel may be gone already

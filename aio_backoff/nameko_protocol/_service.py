@@ -22,8 +22,10 @@ To nameko this is one more service: ``ClusterRpcProxy``'s ``rpc.orders.total(7)`
 Its parts, one job each: :mod:`._entrypoints` (what is served),
 :mod:`._consumer` (taking messages off the queues; draining on stop),
 :mod:`._handling` (one delivery, from message to outcome), :mod:`._settling`
-(carrying out the outcome: reply, settle, log), :mod:`._replies` (RPC replies),
-:mod:`._failures` (transient or permanent) and :mod:`._events` (events out).
+(carrying out the outcome: reply, settle, log), :mod:`._replies` (RPC replies) and
+:mod:`._events` (events out). Which outcome a failure is, and carrying it out,
+are the aio-pika layer's (:mod:`aio_backoff.aiopika._failures`,
+:mod:`aio_backoff.aiopika._settle`), as for ``Retrier`` and ``BackoffRPC``.
 
 Ack policy: the table of :mod:`aio_backoff.core._outcome`, as every executor:
 
@@ -316,7 +318,7 @@ class NamekoService(Lifecycle):
         delivery = Delivery(
             message=message,
             queue=queue,
-            what=f"service {self.name} stopping",
+            subject=f"service {self.name} stopping",
             on_expired=self.policy.on_expired,
             rpc=False,
         )

@@ -128,6 +128,25 @@ async def test_expiry_raises_backoff_expired_at_the_caller(
     assert "Backoff aborted after '2' retries" in str(caught.value)
 
 
+async def test_an_expired_call_is_kept_after_its_reply(
+    make_rpc: MakeRPC, channel: AbstractChannel, method_name: str, declared: Any
+) -> None:
+    """As on every other stack: the caller gets ``Backoff.Expired`` and the call
+    is then kept (parked by default), not acked away."""
+    parking = declared.queue(f"{method_name}.parked")
+    server = await make_rpc(BackoffRPC, backoff=TwoRetries)
+    caller = await make_rpc(RPC)
+    await server.register(method_name, Flaky(100, TwoRetries), auto_delete=True)
+
+    with pytest.raises(Backoff.Expired):
+        await caller.call(method_name, {"x": 1})
+
+    kept = await get_one(await channel.declare_queue(parking, durable=True))
+    await kept.ack()
+    assert "Backoff aborted after '2' retries" in kept.headers["backoff-error"]
+    assert kept.headers["backoff-queue"] == method_name
+
+
 async def test_a_plain_backoff_takes_the_rpc_policy(
     make_rpc: MakeRPC, method_name: str
 ) -> None:

@@ -1213,6 +1213,36 @@ async def test_undecodable_events_are_parked_or_dead_lettered(
     assert ran == []
 
 
+async def test_a_missing_dead_letter_exchange_parks_instead(
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+    unique_name: Callable[[str], str],
+    new_service: ServiceFactory,
+) -> None:
+    """The queue names a dead-letter exchange that does not exist: rejecting to it
+    would drop the message, so it is parked (with the reason), as a Retrier does."""
+    missing = unique_name("no-such-dlx")
+    service = new_service(queue_arguments={"x-dead-letter-exchange": missing})
+    ran: list[Any] = []
+
+    @service.event_handler(service_name, "job")
+    async def on_job(payload: Any) -> None:
+        ran.append(payload)
+
+    async with service:
+        (queue,) = service.event_queues()
+        parking = await parked(channel, queue)
+        declared.queue(parking.name)
+        exchange = await channel.get_exchange(f"{service_name}.events")
+        await exchange.publish(aio_pika.Message(b"{not json"), routing_key="job")
+        kept = await get_one(parking)
+        assert await queue_depth(channel, queue) == 0
+    assert kept.body == b"{not json"
+    assert "undecodable" in kept.headers["backoff-error"]
+    assert ran == []
+
+
 # -- the method id ---------------------------------------------------------------------
 
 
