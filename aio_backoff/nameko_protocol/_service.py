@@ -64,7 +64,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from ..aiopika._expiry import ExpiryAction, park
 from ..aiopika._lifecycle import Lifecycle
 from ..aiopika._policy import RetryPolicy
-from ..aiopika._publisher import DelayedPublisher
+from ..aiopika._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DelayedPublisher
 from ..core._backoff import Backoff, RetryFor
 from ..core._outcome import DEFAULT_FAILURE_POLICY, FailurePolicy, Outcome
 from ..core._topology import DEFAULT_EXCHANGE
@@ -108,6 +108,9 @@ class NamekoService(Lifecycle):
     - ``failure_policy``: how long a copy that could not be placed for a
       transient reason waits before its message goes back to its queue, and after
       how many tries it is parked (:class:`~aio_backoff.core.FailurePolicy`).
+    - ``confirm_timeout``: seconds every publish of the service (delayed and
+      parked copies, replies, events) waits for the broker's confirm; a reply
+      that gets none in time is a transient failure of its request.
     - ``queue_arguments``: declare arguments of every queue the service consumes
       (nameko declares none; a nameko service sharing a queue must declare the
       same). With ``x-dead-letter-exchange``, messages that cannot be handled are
@@ -132,6 +135,7 @@ class NamekoService(Lifecycle):
         shutdown_timeout: float | None = 30.0,
         failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY,
         queue_arguments: Mapping[str, Any] | None = None,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
     ) -> None:
         self.connection = connection
         self.name = name
@@ -143,9 +147,12 @@ class NamekoService(Lifecycle):
         self.shutdown_timeout = shutdown_timeout
         self.failure_policy = failure_policy
         self.queue_arguments = dict(queue_arguments or {})
+        self.confirm_timeout = confirm_timeout
         self._rpcs: dict[str, RpcEntrypoint] = {}
         self._events: list[EventEntrypoint] = []
-        self._replies = ReplySender(connection, exchange=rpc_exchange)
+        self._replies = ReplySender(
+            connection, exchange=rpc_exchange, confirm_timeout=confirm_timeout
+        )
         self._settler = Settler(
             self._replies,
             failure_policy=failure_policy,
@@ -160,7 +167,10 @@ class NamekoService(Lifecycle):
         )
         self._publisher: DelayedPublisher | None = None
         self._dispatcher = EventDispatcher(
-            connection, name=name, parent_calls_tracked=parent_calls_tracked
+            connection,
+            name=name,
+            parent_calls_tracked=parent_calls_tracked,
+            confirm_timeout=confirm_timeout,
         )
 
     @property
@@ -269,7 +279,9 @@ class NamekoService(Lifecycle):
         try:
             channel = await self._consumer.open()
             self._publisher = DelayedPublisher(
-                channel, delay_exchange=self.delay_exchange
+                channel,
+                delay_exchange=self.delay_exchange,
+                confirm_timeout=self.confirm_timeout,
             )
             self._settler.start(self._publisher)
             await self._replies.start()

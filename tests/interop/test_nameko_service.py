@@ -1082,6 +1082,45 @@ async def test_a_reply_that_cannot_be_sent_puts_the_request_back_then_parks_it(
     assert "could not be published" in kept.headers["backoff-error"]
 
 
+async def test_a_reply_without_a_confirm_in_time_puts_the_request_back(
+    channel: AbstractChannel,
+    rpc: NamekoRpcClient,
+    service_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    new_service: ServiceFactory,
+) -> None:
+    """The broker's confirm of a reply does not come (dropped at the aiormq
+    layer): after ``confirm_timeout`` the reply counts as not sent, a transient
+    failure, and the request goes back to its queue after a pause instead of
+    holding its worker for ever. The second run's reply is confirmed."""
+    service = new_service(failure_policy=QUICK, confirm_timeout=0.3)
+    runs: list[int] = []
+
+    @service.rpc
+    async def work() -> int:
+        runs.append(len(runs))
+        return len(runs)
+
+    async with service:
+        assert service._replies.channel is not None
+        replies = await service._replies.channel.get_underlay_channel()
+        confirm = replies._on_confirm_frame
+        dropped: list[Any] = []
+
+        async def drop_the_first(frame: Any) -> None:
+            if not dropped:
+                dropped.append(frame)
+                return
+            await confirm(frame)
+
+        monkeypatch.setattr(replies, "_on_confirm_frame", drop_the_first)
+        await rpc.call(service_name, "work")  # answered by the first run's reply
+        await wait_until(lambda: len(runs) == 2, what="the request back")
+        await wait_for_depth(channel, service.rpc_queue, 0)
+    assert len(dropped) == 1
+    assert runs == [0, 1]
+
+
 async def test_an_expiry_further_down_is_relayed_as_nameko_relays_it(
     connection: AbstractRobustConnection,
     rpc: NamekoRpcClient,
