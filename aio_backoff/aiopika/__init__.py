@@ -1,11 +1,14 @@
 """The aio-pika layer: consumers, the delayed-copy publisher, expiry actions and RPC.
 
-``Retrier`` (``_consumer``) runs handlers and settles their messages;
+``Retrier`` (``_retrier``) consumes queues and runs handlers through its
+``process()`` context (``_processing``), under a ``RetryPolicy`` (``_policy``);
 ``DelayedPublisher`` (``_publisher``) places delayed and parked copies; the final
-actions on expiry are in ``_expiry``; aio-pika's RPC pattern with backoff in ``_rpc``.
+actions on expiry are in ``_expiry``; carrying out the ack table's failures (keep,
+requeue after a pause, the per-message tries, the log line) in ``_settle``, and
+which row of it a failure is in ``_failures``. aio-pika's RPC pattern with backoff:
+``BackoffRPC`` in ``_rpc``, ``BackoffJsonRPC`` and its error replies in ``_jsonrpc``.
 """
 
-from ._consumer import Handler, Retrier, RetryPolicy
 from ._expiry import (
     ExpiredMessage,
     ExpiryAction,
@@ -14,8 +17,11 @@ from ._expiry import (
     drop,
     park,
 )
+from ._jsonrpc import EXPIRED_ERROR_TYPE, BackoffJsonRPC, RemoteBackoffExpired
+from ._policy import RetryPolicy
 from ._publisher import CopyNotPlaced, DelayedPublisher
-from ._rpc import EXPIRED_ERROR_TYPE, BackoffJsonRPC, BackoffRPC, RemoteBackoffExpired
+from ._retrier import Handler, Retrier
+from ._rpc import BackoffRPC
 
 __all__ = [
     "EXPIRED_ERROR_TYPE",

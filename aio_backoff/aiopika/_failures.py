@@ -27,6 +27,7 @@ from aiormq.exceptions import (
 )
 from pamqp.commands import Basic
 
+from ..core._backoff import BackoffConfigError
 from ..core._outcome import Outcome
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "CopyNotPlaced",
     "PublisherUnavailable",
     "describe",
+    "failure_outcome",
     "not_placed",
 ]
 
@@ -133,3 +135,19 @@ def not_placed(error: BaseException, what: str) -> CopyNotPlaced:
     happened = "cannot be encoded" if permanent else "failed"
     msg = f"{what} could not be placed: it {happened} ({cause})"
     return CopyNotPlaced(msg, permanent=permanent)
+
+
+def failure_outcome(error: BaseException) -> Outcome:
+    """The row of the ack table for ``error``, raised while planning or placing a
+    delayed (or parked) copy: the one classification every asyncio executor uses.
+
+    A :class:`CopyNotPlaced` says itself; a ``BackoffConfigError`` is a planning
+    error; anything else is sorted as :func:`not_placed` sorts it (a closed channel
+    or connection, a confirm timeout, a broker nack: transient; a refusal or a copy
+    that cannot be encoded: permanent).
+    """
+    if isinstance(error, CopyNotPlaced):
+        return error.outcome
+    if isinstance(error, BackoffConfigError):
+        return Outcome.PLANNING_ERROR
+    return not_placed(error, "the copy").outcome

@@ -11,11 +11,13 @@ spent. Exactly one reply is sent per call: the final one.
 
 Everything else (serialisation, routing, the caller's ``expiration``, replies to
 unregistered methods, returned calls) is aio-pika's own behaviour. See docs/rpc.md.
+``BackoffJsonRPC`` and its ``Backoff.Expired`` error replies are in :mod:`._jsonrpc`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import Iterable
@@ -24,29 +26,22 @@ from typing import Any, NoReturn, Self
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aio_pika.message import IncomingMessage
-from aio_pika.patterns import JsonRPC
 from aio_pika.patterns.base import CallbackType, T
-from aio_pika.patterns.rpc import RPC, JsonRPCError
+from aio_pika.patterns.rpc import RPC, RPCMessageType
 
 from ..core._backoff import Backoff, BackoffConfigError
-from ..core._outcome import FailurePolicy, Outcome, Settle
+from ..core._outcome import FailurePolicy, Outcome, Reply, Settle
 from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
-from ._consumer import RetryPolicy
-from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, CopyNotPlaced, DelayedPublisher
+from ._expiry import ExpiryAction, dead_letter_or_park
+from ._failures import CopyNotPlaced, failure_outcome
+from ._policy import RetryPolicy
+from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DelayedPublisher
 from ._renames import UNSET, renamed
-from ._settle import TransientFailures
+from ._settle import Delivery, Settling, requeue
 
-__all__ = [
-    "EXPIRED_ERROR_TYPE",
-    "BackoffJsonRPC",
-    "BackoffRPC",
-    "RemoteBackoffExpired",
-]
+__all__ = ["BackoffRPC"]
 
 log = logging.getLogger("aio_backoff").getChild("rpc")
-
-EXPIRED_ERROR_TYPE = "Backoff.Expired"
-"""The ``error.type`` of a JSON-RPC error reply that carries a ``Backoff.Expired``."""
 
 
 @dataclass(frozen=True)
@@ -64,17 +59,13 @@ aio-pika hands every delivery to its own task, so each call sees its own value."
 
 
 class _Deferred(BaseException):
-    """Leaves aio-pika's ``on_call_message`` without a reply once a retry is handled.
+    """Leaves aio-pika's ``on_call_message`` once the call was settled by the table.
 
     A ``BaseException`` so that the ``except Exception`` around ``execute`` in
-    aio-pika does not turn it into an error reply; ``BackoffRPC.on_call_message``
-    catches it and settles the call message: ack when the delayed copy was placed,
-    nack with requeue when it was not (nothing is lost).
+    aio-pika does not turn it into a reply (and an ack); ``BackoffRPC`` has then
+    acked the call after its delayed copy was confirmed, or replied with the error
+    and kept it, or put it back on its queue.
     """
-
-    def __init__(self, *, placed: bool) -> None:
-        super().__init__(placed)
-        self.placed = placed
 
 
 class BackoffRPC(RPC):
@@ -96,11 +87,15 @@ class BackoffRPC(RPC):
       ``delay_exchange`` (``exchange=`` is aio-pika's RPC exchange, as before).
     - ``failure_policy``: pauses and tries for copies that could not be placed
       (:class:`~aio_backoff.FailurePolicy`).
+    - ``on_expired``: the final action for a call whose retries are spent, after
+      its caller got ``Backoff.Expired`` (default
+      :func:`~aio_backoff.dead_letter_or_park`, which parks the call).
 
     When a copy cannot be placed for good (or the retry cannot be planned), the
-    call is parked in ``{queue}.parked`` with the reason and the caller gets an
-    error reply; a transient failure sends the call back to its queue after a
-    growing pause.
+    caller gets an error reply and the call is parked in ``{queue}.parked`` with the
+    reason (aio-pika's own dead-letter exchange on the method queues answers the
+    caller, so it does not keep calls). A transient failure sends the call back to
+    its queue after a growing pause.
 
     The caller's ``await rpc.call(...)`` (or ``rpc.proxy.method(...)``) returns the
     result of the first attempt that succeeds, or raises ``Backoff.Expired`` when the
@@ -121,10 +116,13 @@ class BackoffRPC(RPC):
         publisher: DelayedPublisher | None = None,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
         failure_policy: FailurePolicy | None = None,
+        on_expired: ExpiryAction = dead_letter_or_park,
         backoff_exchange: str = UNSET,
     ) -> None:
         super().__init__(channel, host_exceptions)
-        self.policy = RetryPolicy(backoff=backoff, retry_for=tuple(retry_for))
+        self.policy = RetryPolicy(
+            backoff=backoff, retry_for=tuple(retry_for), on_expired=on_expired
+        )
         delay_exchange = renamed(
             "BackoffRPC",
             "backoff_exchange",
@@ -132,7 +130,6 @@ class BackoffRPC(RPC):
             backoff_exchange,
             delay_exchange,
         )
-        self.failures = TransientFailures(failure_policy)
         self.publisher = (
             DelayedPublisher(
                 channel,
@@ -145,6 +142,8 @@ class BackoffRPC(RPC):
             if publisher is None
             else publisher
         )
+        self.settling = Settling(failure_policy, publisher=self.publisher, logger=log)
+        """Carries out the ack table's failures for the calls."""
         self.policies: dict[str, RetryPolicy] = {}
         """routing key (= the method's queue) -> that method's policy"""
 
@@ -162,6 +161,7 @@ class BackoffRPC(RPC):
         publisher: DelayedPublisher | None = None,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
         failure_policy: FailurePolicy | None = None,
+        on_expired: ExpiryAction = dead_letter_or_park,
         backoff_exchange: str = UNSET,
         **kwargs: Any,
     ) -> Self:
@@ -176,6 +176,7 @@ class BackoffRPC(RPC):
             publisher=publisher,
             confirm_timeout=confirm_timeout,
             failure_policy=failure_policy,
+            on_expired=on_expired,
             backoff_exchange=backoff_exchange,
         )
         if host_exceptions is not None:
@@ -190,13 +191,17 @@ class BackoffRPC(RPC):
         *,
         backoff: type[Backoff] | None = None,
         retry_for: Iterable[type[BaseException]] | None = None,
+        on_expired: ExpiryAction | None = None,
         **kwargs: Any,
     ) -> Any:
         """aio-pika's ``register``, with an optional per-method retry policy.
 
-        ``backoff`` / ``retry_for`` replace the instance's for this method only.
+        ``backoff`` / ``retry_for`` / ``on_expired`` replace the instance's for this
+        method only.
         """
-        policy = self.policy.override(backoff=backoff, retry_for=retry_for)
+        policy = self.policy.override(
+            backoff=backoff, retry_for=retry_for, on_expired=on_expired
+        )
         routing_key = self._format_routing_key(method_name)
         if routing_key in self.routes:
             # let aio-pika raise its own error, without touching the live policy
@@ -226,45 +231,31 @@ class BackoffRPC(RPC):
     # -- the call path -----------------------------------------------------------
 
     async def on_call_message(self, method_name: str, message: IncomingMessage) -> None:
-        """aio-pika's handler; a retried call is acked (or requeued) without a reply."""
+        """aio-pika's handler; a call whose outcome the table carried out (a retry
+        placed, a call kept or put back) is left alone afterwards."""
         publisher = self.publisher
         if not publisher.available:  # the gate: no call runs while copies cannot go
             await publisher.wait_available()
         token = _current_call.set(_Call(method_name, message))
         try:
             await super().on_call_message(method_name, message)
-        except _Deferred as deferred:
-            if deferred.placed:
-                await message.ack()
-                self.failures.settled(message)
-            else:
-                await self._requeue(method_name, message)
+        except _Deferred:
+            pass  # settled as the table said
         except BaseException:
             if not message.processed:  # cancelled: back on its queue now
-                await self._requeue(method_name, message)
+                queue = self._format_routing_key(method_name)
+                await requeue(message, queue, logger=log)
             raise
         finally:
             _current_call.reset(token)
 
-    @staticmethod
-    async def _requeue(method_name: str, message: IncomingMessage) -> None:
-        if message.processed:
-            return
-        try:
-            await message.nack(requeue=True)
-        except Exception:
-            log.exception(
-                "rpc %r call %r: could not requeue the call; the broker redelivers "
-                "it when the channel closes",
-                method_name,
-                message.correlation_id,
-            )
-
     async def execute(self, func: CallbackType[T], payload: dict[str, Any]) -> T:
         """Run the method; on ``Backoff`` (or ``retry_for``) schedule a retry instead.
 
-        Returns the result, raises the method's other errors (aio-pika replies with
-        them) and ``Backoff.Expired`` once the limit is spent (replied the same way).
+        Returns the result and raises the method's other errors (aio-pika replies
+        with them). A retry placed, and every outcome the table answers itself
+        (expired, a copy not placed, a planning error), leave without a reply from
+        aio-pika: the error reply, if any, is sent here.
         """
         try:
             return await super().execute(func, payload)
@@ -277,42 +268,43 @@ class BackoffRPC(RPC):
             backoff = policy.backoff_for(error)
             if backoff is None:
                 raise
-            await self._retry_later(call, routing_key, backoff)
+            await self._retry_later(call, routing_key, backoff, policy)
 
     async def _retry_later(
-        self, call: _Call, routing_key: str, backoff: Backoff
+        self, call: _Call, routing_key: str, backoff: Backoff, policy: RetryPolicy
     ) -> NoReturn:
-        """Publish the delayed copy and leave without a reply (or raise Expired).
-
-        A planning error (``Backoff.Expired``, or a schedule that returns no
-        number) is raised, so aio-pika replies with it. A copy that cannot be
-        published, for whatever reason, sends the call back to its queue.
-        """
+        """Publish the delayed copy and ack the call without a reply; or carry out
+        the table for an expiry, a planning error or a copy not placed."""
         message = call.message
-        queue = self.queues[self.routes[routing_key]].name
+        queue = self.queues[self.routes[routing_key]]
+        delivery = Delivery(
+            message=message,
+            queue=queue.name,
+            subject=f"rpc {call.method_name!r} call {message.correlation_id!r}",
+            # not the queue's arguments: aio-pika's dead-letter exchange (rpc.dlx)
+            # sends calls back to their callers, so a kept call is parked
+            on_expired=policy.on_expired,
+        )
         publisher = self.publisher
         try:
-            plan = publisher.plan(message, backoff, target_queue=queue)
+            plan = publisher.plan(message, backoff, target_queue=queue.name)
         except Backoff.Expired as expired:
-            log.warning(
-                "rpc %r call %r: %s; replying with Backoff.Expired (queue %r)",
-                call.method_name,
-                message.correlation_id,
-                expired,
-                queue,
-            )
-            raise
-        except Exception as error:
+            await self._failed(delivery, Outcome.EXPIRED, expired, str(expired))
+        except Exception as error:  # noqa: BLE001 - a planning error: replied, kept
             reason = f"planning error: {error}"
-            await self._failed(call, queue, Outcome.PLANNING_ERROR, reason)
-            if isinstance(error, BackoffConfigError):
-                raise
-            raise BackoffConfigError(reason) from error
+            planning = error
+            if not isinstance(error, BackoffConfigError):
+                planning = BackoffConfigError(reason)
+                planning.__cause__ = error
+            await self._failed(delivery, Outcome.PLANNING_ERROR, planning, reason)
         try:
             await publisher.publish_copy(message, plan)
         except CopyNotPlaced as failure:
-            await self._failed(call, queue, failure.outcome, str(failure))
-            raise
+            await self._failed(
+                delivery, failure_outcome(failure), failure, str(failure)
+            )
+        await message.ack()
+        self.settling.settled(message, queue.name)
         log.info(
             "rpc %r call %r: retry #%r of %s in %r ms, back to queue %r",
             call.method_name,
@@ -320,123 +312,75 @@ class BackoffRPC(RPC):
             plan.retry_number,
             "unlimited" if plan.limit is None else plan.limit,
             plan.delay_ms,
-            queue,
+            queue.name,
         )
-        raise _Deferred(placed=True)
+        raise _Deferred
 
     async def _failed(
-        self, call: _Call, queue: str, outcome: Outcome, reason: str
-    ) -> None:
-        """Carry out the table for a copy not placed or a planning error.
+        self, delivery: Delivery, outcome: Outcome, error: Exception, happened: str
+    ) -> NoReturn:
+        """Carry out the table for ``outcome``: the error reply if it says so, then
+        the call is kept (dead-letter or park), given its final action, or sent back
+        to its queue after a pause. A reply that cannot be sent is a transient
+        failure of the call."""
+        settling = self.settling
+        decision = settling.decide(delivery, outcome)
+        message = delivery.message
 
-        Returns once the call is parked (the caller then gets the error reply);
-        raises ``_Deferred(placed=False)`` to send it back to its queue after a
-        pause instead, with no reply yet.
-        """
-        message = call.message
-        action, tries, pause = self.failures.decide(message, outcome)
-        if action.settle is not Settle.REQUEUE_LATER:
-            try:
-                parking = await self.publisher.park(message, queue=queue, error=reason)
-            except CopyNotPlaced as failure:
-                await self._failed(
-                    call, queue, Outcome.FINAL_ACTION_FAILED, f"{reason}; {failure}"
+        async def reply() -> None:  # kept: the caller hears of it, sent or not
+            await self._reply_error(message, error)
+
+        if decision.action.settle is Settle.DEAD_LETTER_OR_PARK:
+            # the reply after the parked copy: the caller then finds it there
+            with contextlib.suppress(Exception):  # a failed keep: logged, put back
+                await settling.carry_out(
+                    delivery,
+                    decision,
+                    happened=happened,
+                    replied=True,
+                    error=error,
+                    before_keeping=reply,
                 )
-            else:
-                self.failures.settled(message)
-                log.log(
-                    action.level,
-                    "rpc %r call %r: parked in %r, replying with the error (%s): %s",
-                    call.method_name,
-                    message.correlation_id,
-                    parking,
-                    outcome,
-                    reason,
-                )
-                return
-        log.log(
-            action.level,
-            "rpc %r call %r goes back to queue %r in %.2f s (%s, try %r): %s",
-            call.method_name,
-            message.correlation_id,
-            queue,
-            pause,
-            outcome,
-            tries,
-            reason,
-        )
-        await asyncio.sleep(pause)
-        raise _Deferred(placed=False)
-
-
-class RemoteBackoffExpired(Backoff.Expired, JsonRPCError):
-    """A ``Backoff.Expired`` reply to a :class:`BackoffJsonRPC` call.
-
-    Catch it as ``Backoff.Expired`` (or, as before, as aio-pika's ``JsonRPCError``:
-    ``args`` are the same ``("RPC exception", payload)``). ``retries``, ``limit``
-    and ``max_delay_ms`` come from the server; ``cause`` is the ``repr`` of what the
-    method last raised (the ``retry_for`` error, or a ``Backoff`` raised with a
-    message), else None.
-    """
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
-        self.remote_message = ""
-        self.cause: str | None = None
-
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> RemoteBackoffExpired:
-        error = payload.get("error") or {}
-        expired = cls("RPC exception", payload)
-        remote_args = error.get("args") or []
-        expired.remote_message = str(remote_args[0]) if remote_args else ""
-        expired.retries = int(error.get("retries") or 0)
-        expired.limit = int(error.get("limit") or 0)
-        expired.max_delay_ms = float(error.get("max_delay_ms") or 0.0)
-        cause = error.get("cause")
-        expired.cause = None if cause is None else str(cause)
-        return expired
-
-    def __str__(self) -> str:
-        text = self.remote_message or "Backoff expired on the server"
-        return text if self.cause is None else f"{text}; last error: {self.cause}"
-
-
-class BackoffJsonRPC(BackoffRPC, JsonRPC):
-    """aio-pika's ``JsonRPC`` with retries, as :class:`BackoffRPC`.
-
-    On the wire a ``Backoff.Expired`` is a JSON-RPC error whose ``error.type`` is
-    ``"Backoff.Expired"``, with ``retries``, ``limit``, ``max_delay_ms`` and ``cause``
-    besides aio-pika's ``message`` and ``args``. A ``BackoffJsonRPC`` caller raises it
-    as :class:`RemoteBackoffExpired` (a ``Backoff.Expired`` and a ``JsonRPCError``);
-    a plain ``JsonRPC`` caller gets aio-pika's ``JsonRPCError`` with that payload.
-    """
-
-    def serialize_exception(self, exception: Exception) -> Any:
-        payload = super().serialize_exception(exception)
-        if isinstance(exception, Backoff.Expired):
-            # what the method raised: the error retry_for converted, or a Backoff
-            # that says something (a bare one, or a conversion of it, says nothing)
-            cause = exception.__cause__
-            while isinstance(cause, Backoff) and not cause.args:
-                cause = cause.__cause__
-            payload["error"].update(
-                type=EXPIRED_ERROR_TYPE,
-                retries=exception.retries,
-                limit=exception.limit,
-                max_delay_ms=exception.max_delay_ms,
-                cause=None if cause is None else repr(cause),
+            raise _Deferred
+        replied = False
+        if decision.action.reply is Reply.ERROR:
+            replied = await self._reply_error(message, error)
+            if not replied:
+                decision = settling.decide(delivery, Outcome.NOT_PLACED_TRANSIENT)
+                happened = f"{happened}; its error reply could not be sent"
+        with contextlib.suppress(Exception):  # a failed final action: logged, put back
+            await settling.carry_out(
+                delivery, decision, happened=happened, replied=replied, error=error
             )
-        return payload
+        raise _Deferred
 
-    async def deserialize_message(self, message: AbstractIncomingMessage) -> Any:
-        payload = await super().deserialize_message(message)
-        if isinstance(payload, JsonRPCError) and len(payload.args) == 2:
-            body = payload.args[1]
-            if (
-                isinstance(body, dict)
-                and isinstance(body.get("error"), dict)
-                and body["error"].get("type") == EXPIRED_ERROR_TYPE
-            ):
-                return RemoteBackoffExpired.from_payload(body)
-        return payload
+    async def _reply_error(
+        self, message: AbstractIncomingMessage, error: Exception
+    ) -> bool:
+        """Send ``error`` to the caller as aio-pika would (its serializers), with a
+        confirm timeout; False if it could not be sent."""
+        if not message.reply_to:
+            return True  # nobody to answer (aio-pika: the same)
+        try:
+            reply = await self.serialize_message(
+                payload=self.serialize_exception(error),
+                message_type=RPCMessageType.ERROR,
+                correlation_id=message.correlation_id,
+                delivery_mode=message.delivery_mode,
+            )
+            await self.channel.default_exchange.publish(
+                reply,
+                message.reply_to,
+                mandatory=False,
+                timeout=self.publisher.confirm_timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as failure:  # noqa: BLE001 - a transient failure of the call
+            log.warning(
+                "rpc call %r: could not send the error reply (%r)",
+                message.correlation_id,
+                failure,
+            )
+            return False
+        return True

@@ -3,8 +3,8 @@
 ``NamekoService`` (``_service``) serves RPC methods and event handlers, from its
 parts: ``_entrypoints`` (what is served), ``_consumer`` (taking messages off the
 queues, draining on stop), ``_handling`` (one delivery, from message to outcome),
-``_settling`` (carrying out the core's outcome table), ``_replies`` (RPC replies)
-and ``_failures`` (transient or permanent).
+``_settling`` (the reply, then the aio-pika layer's carrying out of the core's
+outcome table) and ``_replies`` (RPC replies).
 ``NamekoRpcClient`` (``_client``) calls nameko services, ``EventDispatcher``
 (``_events``) dispatches events, and ``current_call`` (``_context``) is the call
 context of the running handler. The wire format itself is sans-IO, in

@@ -33,6 +33,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, PublishError
 
 from ..aiopika._lifecycle import Lifecycle
+from ..aiopika._publisher import DEFAULT_CONFIRM_TIMEOUT_S
 from ..core.nameko_wire import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
@@ -63,6 +64,8 @@ class NamekoRpcClient(Lifecycle):
     - ``context_data``: sent as ``nameko.*`` headers with every call (for example
       ``{"user_id": ..., "language": ...}``); inside a :class:`NamekoService`
       handler the handler's own context and call-id stack are sent as well.
+    - ``confirm_timeout``: seconds a call waits for the broker's confirm of its
+      request before it raises ``TimeoutError`` (default 10).
 
     Start it with ``async with`` (or :meth:`start` / :meth:`close`).
     """
@@ -76,10 +79,12 @@ class NamekoRpcClient(Lifecycle):
         context_data: Mapping[str, Any] | None = None,
         exchange: str = RPC_EXCHANGE,
         parent_calls_tracked: int = PARENT_CALLS_TRACKED,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
     ) -> None:
         self.connection = connection
         self.name = name
         self.timeout = timeout
+        self.confirm_timeout = confirm_timeout
         self.context_data = dict(context_data or {})
         self.exchange_name = exchange
         self.parent_calls_tracked = parent_calls_tracked
@@ -157,9 +162,10 @@ class NamekoRpcClient(Lifecycle):
         Waits up to the client's ``timeout`` (wrap a call in ``asyncio.timeout()``
         for a tighter one).
 
-        Raises :class:`UnknownService` when no service listens, :class:`RpcTimeout`
-        when no reply comes in time, :class:`RemoteError` (or a subclass, such as
-        :class:`RemoteExpired`) when the method raised.
+        Raises :class:`UnknownService` when no service listens, ``TimeoutError``
+        when the broker did not confirm the request within ``confirm_timeout``,
+        :class:`RpcTimeout` when no reply comes in time, :class:`RemoteError` (or a
+        subclass, such as :class:`RemoteExpired`) when the method raised.
         """
         if self._channel is None or self._exchange is None:
             msg = (
@@ -188,7 +194,12 @@ class NamekoRpcClient(Lifecycle):
         routing_key = rpc_routing_key(service, method)
         try:
             try:
-                await self._exchange.publish(message, routing_key, mandatory=True)
+                await self._exchange.publish(
+                    message,
+                    routing_key,
+                    mandatory=True,
+                    timeout=self.confirm_timeout,
+                )
             except PublishError as error:
                 raise UnknownService(service) from error
             except (AMQPError, ChannelInvalidStateError):

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..aiopika._consumer import RetryPolicy
+from ..aiopika._policy import RetryPolicy
 from ..core.nameko_wire import EventQueue, IncorrectSignature, nameko_error
 
 __all__ = ["EventEntrypoint", "Handler", "RpcEntrypoint", "bind", "check_async"]

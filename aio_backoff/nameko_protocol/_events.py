@@ -22,6 +22,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from ..aiopika._lifecycle import Lifecycle
+from ..aiopika._publisher import DEFAULT_CONFIRM_TIMEOUT_S
 from ..core.nameko_wire import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
@@ -40,7 +41,8 @@ class EventDispatcher(Lifecycle):
     ``name`` names the call ids of events sent outside a handler
     (``{name}.dispatch.{uuid}``); inside a :class:`~aio_backoff.NamekoService`
     handler, events carry the handler's context and call-id stack. ``context_data``
-    is sent as ``nameko.*`` headers with every event.
+    is sent as ``nameko.*`` headers with every event. ``confirm_timeout``: seconds
+    a dispatch waits for the broker's confirm before it raises ``TimeoutError``.
     """
 
     def __init__(
@@ -50,11 +52,13 @@ class EventDispatcher(Lifecycle):
         name: str = "aio_event_dispatcher",
         context_data: Mapping[str, Any] | None = None,
         parent_calls_tracked: int = PARENT_CALLS_TRACKED,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
     ) -> None:
         self.connection = connection
         self.name = name
         self.context_data = dict(context_data or {})
         self.parent_calls_tracked = parent_calls_tracked
+        self.confirm_timeout = confirm_timeout
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._lock = asyncio.Lock()
@@ -93,7 +97,8 @@ class EventDispatcher(Lifecycle):
     ) -> None:
         """Publish ``payload`` as a ``source_service`` event of ``event_type``.
 
-        Returns once the broker confirmed it. ``payload`` must be JSON-serializable
+        Returns once the broker confirmed it; raises ``TimeoutError`` when no
+        confirm came within ``confirm_timeout``. ``payload`` must be JSON-serializable
         (datetimes, dates, decimals, UUIDs and bytes are sent in kombu's envelopes).
         """
         exchange = await self._exchange(source_service)
@@ -109,7 +114,12 @@ class EventDispatcher(Lifecycle):
                 tracked=self.parent_calls_tracked,
             ),
         )
-        await exchange.publish(message, routing_key=event_type, mandatory=False)
+        await exchange.publish(
+            message,
+            routing_key=event_type,
+            mandatory=False,
+            timeout=self.confirm_timeout,
+        )
 
     async def __call__(
         self, source_service: str, event_type: str, payload: Any

@@ -17,6 +17,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from ..aiopika._expiry import ExpiryAction
+from ..aiopika._failures import failure_outcome
 from ..core._backoff import Backoff
 from ..core._outcome import Outcome
 from ..core.nameko_wire import (
@@ -39,7 +40,6 @@ from ..core.nameko_wire import (
 )
 from ._context import CallContext, _current
 from ._entrypoints import EventEntrypoint, RpcEntrypoint, bind
-from ._failures import retry_failure
 from ._settling import Delivery, Settler
 
 __all__ = ["EventHandling", "RpcHandling"]
@@ -135,9 +135,9 @@ class _Handling:
             return
         except asyncio.CancelledError:
             raise
-        except Exception as failure:  # noqa: BLE001 - sorted by retry_failure
+        except Exception as failure:  # noqa: BLE001 - sorted by failure_outcome
             await self.settler.carry_out(
-                delivery, retry_failure(failure), error=failure
+                delivery, failure_outcome(failure), error=failure
             )
             return
         limit = "unlimited" if plan.limit is None else plan.limit
@@ -182,7 +182,7 @@ class RpcHandling(_Handling):
         delivery = Delivery(
             message=message,
             queue=self.queue,
-            what=f"rpc {method_id}",
+            subject=f"rpc {method_id}",
             on_expired=self.on_expired,
             rpc=True,
         )
@@ -236,7 +236,7 @@ class EventHandling(_Handling):
         delivery = Delivery(
             message=message,
             queue=entry.queue.name,
-            what=f"event handler {self.service}.{entry.method}",
+            subject=f"event handler {self.service}.{entry.method}",
             on_expired=entry.policy.on_expired,
             rpc=False,
         )

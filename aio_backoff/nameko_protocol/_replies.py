@@ -16,6 +16,7 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
 )
 
+from ..aiopika._publisher import DEFAULT_CONFIRM_TIMEOUT_S
 from ..core.nameko_wire import CONTENT_ENCODING, CONTENT_TYPE, encode_reply
 
 __all__ = ["CHANNEL_ERRORS", "ReplySender"]
@@ -36,12 +37,21 @@ class ReplySender:
     """Publishes replies to the RPC exchange on a channel of its own.
 
     The channel is opened by :meth:`start` and opened again when it was closed, so
-    one broken channel does not fail every later reply.
+    one broken channel does not fail every later reply. A reply waits at most
+    ``confirm_timeout`` seconds for the broker's confirm; one that gets none in time
+    was not sent (a transient failure of its request).
     """
 
-    def __init__(self, connection: AbstractConnection, *, exchange: str) -> None:
+    def __init__(
+        self,
+        connection: AbstractConnection,
+        *,
+        exchange: str,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+    ) -> None:
         self.connection = connection
         self.exchange_name = exchange
+        self.confirm_timeout = confirm_timeout
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._lock = asyncio.Lock()
@@ -96,8 +106,13 @@ class ReplySender:
         )
         try:
             exchange = await self.start()
-            await exchange.publish(reply, routing_key=request.reply_to, mandatory=False)
-        except CHANNEL_ERRORS as failure:
+            await exchange.publish(
+                reply,
+                routing_key=request.reply_to,
+                mandatory=False,
+                timeout=self.confirm_timeout,
+            )
+        except (*CHANNEL_ERRORS, TimeoutError) as failure:
             log.warning(
                 "could not send the reply to RPC request %r: %r",
                 request.correlation_id,

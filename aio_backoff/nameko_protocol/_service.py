@@ -22,8 +22,10 @@ To nameko this is one more service: ``ClusterRpcProxy``'s ``rpc.orders.total(7)`
 Its parts, one job each: :mod:`._entrypoints` (what is served),
 :mod:`._consumer` (taking messages off the queues; draining on stop),
 :mod:`._handling` (one delivery, from message to outcome), :mod:`._settling`
-(carrying out the outcome: reply, settle, log), :mod:`._replies` (RPC replies),
-:mod:`._failures` (transient or permanent) and :mod:`._events` (events out).
+(carrying out the outcome: reply, settle, log), :mod:`._replies` (RPC replies) and
+:mod:`._events` (events out). Which outcome a failure is, and carrying it out,
+are the aio-pika layer's (:mod:`aio_backoff.aiopika._failures`,
+:mod:`aio_backoff.aiopika._settle`), as for ``Retrier`` and ``BackoffRPC``.
 
 Ack policy: the table of :mod:`aio_backoff.core._outcome`, as every executor:
 
@@ -59,10 +61,10 @@ from typing import Any, TypeVar, overload
 
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from ..aiopika._consumer import RetryPolicy
 from ..aiopika._expiry import ExpiryAction, park
 from ..aiopika._lifecycle import Lifecycle
-from ..aiopika._publisher import DelayedPublisher
+from ..aiopika._policy import RetryPolicy
+from ..aiopika._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DelayedPublisher
 from ..core._backoff import Backoff, RetryFor
 from ..core._outcome import DEFAULT_FAILURE_POLICY, FailurePolicy, Outcome
 from ..core._topology import DEFAULT_DELAY_EXCHANGE
@@ -106,6 +108,9 @@ class NamekoService(Lifecycle):
     - ``failure_policy``: how long a copy that could not be placed for a
       transient reason waits before its message goes back to its queue, and after
       how many tries it is parked (:class:`~aio_backoff.core.FailurePolicy`).
+    - ``confirm_timeout``: seconds every publish of the service (delayed and
+      parked copies, replies, events) waits for the broker's confirm; a reply
+      that gets none in time is a transient failure of its request.
     - ``queue_arguments``: declare arguments of every queue the service consumes
       (nameko declares none; a nameko service sharing a queue must declare the
       same). With ``x-dead-letter-exchange``, messages that cannot be handled are
@@ -130,6 +135,7 @@ class NamekoService(Lifecycle):
         shutdown_timeout: float | None = 30.0,
         failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY,
         queue_arguments: Mapping[str, Any] | None = None,
+        confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
     ) -> None:
         self.connection = connection
         self.name = name
@@ -141,9 +147,12 @@ class NamekoService(Lifecycle):
         self.shutdown_timeout = shutdown_timeout
         self.failure_policy = failure_policy
         self.queue_arguments = dict(queue_arguments or {})
+        self.confirm_timeout = confirm_timeout
         self._rpcs: dict[str, RpcEntrypoint] = {}
         self._events: list[EventEntrypoint] = []
-        self._replies = ReplySender(connection, exchange=rpc_exchange)
+        self._replies = ReplySender(
+            connection, exchange=rpc_exchange, confirm_timeout=confirm_timeout
+        )
         self._settler = Settler(
             self._replies,
             failure_policy=failure_policy,
@@ -158,7 +167,10 @@ class NamekoService(Lifecycle):
         )
         self._publisher: DelayedPublisher | None = None
         self._dispatcher = EventDispatcher(
-            connection, name=name, parent_calls_tracked=parent_calls_tracked
+            connection,
+            name=name,
+            parent_calls_tracked=parent_calls_tracked,
+            confirm_timeout=confirm_timeout,
         )
 
     @property
@@ -267,7 +279,9 @@ class NamekoService(Lifecycle):
         try:
             channel = await self._consumer.open()
             self._publisher = DelayedPublisher(
-                channel, delay_exchange=self.delay_exchange
+                channel,
+                delay_exchange=self.delay_exchange,
+                confirm_timeout=self.confirm_timeout,
             )
             self._settler.start(self._publisher)
             await self._replies.start()
@@ -316,7 +330,7 @@ class NamekoService(Lifecycle):
         delivery = Delivery(
             message=message,
             queue=queue,
-            what=f"service {self.name} stopping",
+            subject=f"service {self.name} stopping",
             on_expired=self.policy.on_expired,
             rpc=False,
         )

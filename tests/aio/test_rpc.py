@@ -23,12 +23,12 @@ from aio_pika.patterns import RPC, JsonRPC
 from aio_pika.patterns.rpc import JsonRPCError, RPCMessageType
 
 from aio_backoff import Backoff, CopyNotPlaced, DelayedPublisher, backoff_class
-from aio_backoff.aiopika._rpc import (
+from aio_backoff.aiopika._jsonrpc import (
     EXPIRED_ERROR_TYPE,
     BackoffJsonRPC,
-    BackoffRPC,
     RemoteBackoffExpired,
 )
+from aio_backoff.aiopika._rpc import BackoffRPC
 from aio_backoff.core._protocol import DELAY_HEADER, RETRIES_HEADER
 from tests import brokers
 from tests.aio.retrying import FAST_FAILURES, get_one
@@ -126,6 +126,25 @@ async def test_expiry_raises_backoff_expired_at_the_caller(
     assert caught.value.retries == 2
     assert caught.value.limit == 2
     assert "Backoff aborted after '2' retries" in str(caught.value)
+
+
+async def test_an_expired_call_is_kept_after_its_reply(
+    make_rpc: MakeRPC, channel: AbstractChannel, method_name: str, declared: Any
+) -> None:
+    """As on every other stack: the caller gets ``Backoff.Expired`` and the call
+    is then kept (parked by default), not acked away."""
+    parking = declared.queue(f"{method_name}.parked")
+    server = await make_rpc(BackoffRPC, backoff=TwoRetries)
+    caller = await make_rpc(RPC)
+    await server.register(method_name, Flaky(100, TwoRetries), auto_delete=True)
+
+    with pytest.raises(Backoff.Expired):
+        await caller.call(method_name, {"x": 1})
+
+    kept = await get_one(await channel.declare_queue(parking, durable=True))
+    await kept.ack()
+    assert "Backoff aborted after '2' retries" in kept.headers["backoff-error"]
+    assert kept.headers["backoff-queue"] == method_name
 
 
 async def test_a_plain_backoff_takes_the_rpc_policy(

@@ -1082,6 +1082,45 @@ async def test_a_reply_that_cannot_be_sent_puts_the_request_back_then_parks_it(
     assert "could not be published" in kept.headers["backoff-error"]
 
 
+async def test_a_reply_without_a_confirm_in_time_puts_the_request_back(
+    channel: AbstractChannel,
+    rpc: NamekoRpcClient,
+    service_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    new_service: ServiceFactory,
+) -> None:
+    """The broker's confirm of a reply does not come (dropped at the aiormq
+    layer): after ``confirm_timeout`` the reply counts as not sent, a transient
+    failure, and the request goes back to its queue after a pause instead of
+    holding its worker for ever. The second run's reply is confirmed."""
+    service = new_service(failure_policy=QUICK, confirm_timeout=0.3)
+    runs: list[int] = []
+
+    @service.rpc
+    async def work() -> int:
+        runs.append(len(runs))
+        return len(runs)
+
+    async with service:
+        assert service._replies.channel is not None
+        replies = await service._replies.channel.get_underlay_channel()
+        confirm = replies._on_confirm_frame
+        dropped: list[Any] = []
+
+        async def drop_the_first(frame: Any) -> None:
+            if not dropped:
+                dropped.append(frame)
+                return
+            await confirm(frame)
+
+        monkeypatch.setattr(replies, "_on_confirm_frame", drop_the_first)
+        await rpc.call(service_name, "work")  # answered by the first run's reply
+        await wait_until(lambda: len(runs) == 2, what="the request back")
+        await wait_for_depth(channel, service.rpc_queue, 0)
+    assert len(dropped) == 1
+    assert runs == [0, 1]
+
+
 async def test_an_expiry_further_down_is_relayed_as_nameko_relays_it(
     connection: AbstractRobustConnection,
     rpc: NamekoRpcClient,
@@ -1218,6 +1257,36 @@ async def test_undecodable_events_are_parked_or_dead_lettered(
         await wait_for_depth(channel, dead.name, len(bodies))
         for queue in (*plain.event_queues(), *with_dlx.event_queues()):
             assert await queue_depth(channel, queue) == 0
+    assert ran == []
+
+
+async def test_a_missing_dead_letter_exchange_parks_instead(
+    channel: AbstractChannel,
+    declared: Any,
+    service_name: str,
+    unique_name: Callable[[str], str],
+    new_service: ServiceFactory,
+) -> None:
+    """The queue names a dead-letter exchange that does not exist: rejecting to it
+    would drop the message, so it is parked (with the reason), as a Retrier does."""
+    missing = unique_name("no-such-dlx")
+    service = new_service(queue_arguments={"x-dead-letter-exchange": missing})
+    ran: list[Any] = []
+
+    @service.event_handler(service_name, "job")
+    async def on_job(payload: Any) -> None:
+        ran.append(payload)
+
+    async with service:
+        (queue,) = service.event_queues()
+        parking = await parked(channel, queue)
+        declared.queue(parking.name)
+        exchange = await channel.get_exchange(f"{service_name}.events")
+        await exchange.publish(aio_pika.Message(b"{not json"), routing_key="job")
+        kept = await get_one(parking)
+        assert await queue_depth(channel, queue) == 0
+    assert kept.body == b"{not json"
+    assert "undecodable" in kept.headers["backoff-error"]
     assert ran == []
 
 
