@@ -33,7 +33,8 @@ from ..core._backoff import Backoff
 from ..core._outcome import FailurePolicy
 from ..core._plan import RetryPlan, plan_retry
 from ..core._protocol import KEPT_PROPERTIES, encodable_headers, parked_headers
-from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
+from ..core._renames import UNSET, deprecated, renamed
+from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, LeaseBook
 from ._claims import MessageIdClaims
 from ._connection import PublishingConnection
 from ._failures import (
@@ -45,7 +46,6 @@ from ._failures import (
 )
 from ._leases import DelayQueueLeases
 from ._parking import Parking
-from ._renames import UNSET, renamed
 
 __all__ = ["DEFAULT_CONFIRM_TIMEOUT_S", "CopyNotPlaced", "DelayedPublisher"]
 
@@ -91,8 +91,8 @@ class DelayedPublisher:
         self,
         channel: AbstractChannel,
         *,
-        delay_exchange: str = DEFAULT_EXCHANGE,
-        grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+        delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+        grace_ms: int = DEFAULT_GRACE_MS,
         lease_book: LeaseBook | None = None,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
         url: str | None = None,
@@ -125,6 +125,7 @@ class DelayedPublisher:
     @property
     def exchange(self) -> str:
         """Deprecated name of :attr:`delay_exchange`."""
+        deprecated("DelayedPublisher.exchange", "DelayedPublisher.delay_exchange")
         return self.delay_exchange
 
     # -- the gate ---------------------------------------------------------------------

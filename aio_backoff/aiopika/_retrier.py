@@ -18,12 +18,12 @@ from aio_pika.abc import (
 
 from ..core._backoff import Backoff, BackoffConfigError
 from ..core._outcome import FailurePolicy
-from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS
+from ..core._renames import UNSET, renamed
+from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS
 from ._expiry import ExpiryAction, dead_letter_or_park
 from ._policy import RetryPolicy
 from ._processing import Processing, name_of
 from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, CopyNotPlaced, DelayedPublisher
-from ._renames import UNSET, renamed
 from ._settle import Settling, requeue
 
 __all__ = ["Handler", "Retrier"]
@@ -53,8 +53,8 @@ class Retrier:
         on_expired: ExpiryAction = dead_letter_or_park,
         requeue_on_error: bool = False,
         publisher: DelayedPublisher | None = None,
-        delay_exchange: str = DEFAULT_EXCHANGE,
-        grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+        delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+        grace_ms: int = DEFAULT_GRACE_MS,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
         failure_policy: FailurePolicy | None = None,
         exchange: str = UNSET,

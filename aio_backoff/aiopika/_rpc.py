@@ -31,12 +31,12 @@ from aio_pika.patterns.rpc import RPC, RPCMessageType
 
 from ..core._backoff import Backoff, BackoffConfigError
 from ..core._outcome import FailurePolicy, Outcome, Reply, Settle
-from ..core._topology import DEFAULT_EXCHANGE, EXPIRY_GRACE_PERIOD_MS, LeaseBook
+from ..core._renames import UNSET, renamed
+from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, LeaseBook
 from ._expiry import ExpiryAction, dead_letter_or_park
 from ._failures import CopyNotPlaced, failure_outcome
 from ._policy import RetryPolicy
 from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DelayedPublisher
-from ._renames import UNSET, renamed
 from ._settle import Delivery, Settling, requeue
 
 __all__ = ["BackoffRPC"]
@@ -110,8 +110,8 @@ class BackoffRPC(RPC):
         *,
         backoff: type[Backoff] = Backoff,
         retry_for: Iterable[type[BaseException]] = (),
-        delay_exchange: str = DEFAULT_EXCHANGE,
-        grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+        delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+        grace_ms: int = DEFAULT_GRACE_MS,
         lease_book: LeaseBook | None = None,
         publisher: DelayedPublisher | None = None,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
@@ -155,8 +155,8 @@ class BackoffRPC(RPC):
         host_exceptions: bool | None = None,
         backoff: type[Backoff] = Backoff,
         retry_for: Iterable[type[BaseException]] = (),
-        delay_exchange: str = DEFAULT_EXCHANGE,
-        grace_ms: int = EXPIRY_GRACE_PERIOD_MS,
+        delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+        grace_ms: int = DEFAULT_GRACE_MS,
         lease_book: LeaseBook | None = None,
         publisher: DelayedPublisher | None = None,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,

@@ -35,11 +35,6 @@ DEFAULT_GRACE_MS: Final = 5000
 """Added to a delay queue's ``x-expires``: how long it outlives its delay
 (nameko-amqp-retry's ``EXPIRY_GRACE_PERIOD``)."""
 
-# The names the two constants had before; modules being refactored elsewhere still
-# import them from here. The public ones (aio_backoff.DEFAULT_EXCHANGE, ...) warn.
-DEFAULT_EXCHANGE: Final = DEFAULT_DELAY_EXCHANGE
-EXPIRY_GRACE_PERIOD_MS: Final = DEFAULT_GRACE_MS
-
 _MAX_EXPIRES_MS: Final = 2**32 - 1
 """RabbitMQ's largest ``x-expires`` and per-message TTL."""
 

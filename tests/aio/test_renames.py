@@ -33,7 +33,8 @@ async def test_delayed_publisher_exchange_keyword_warns_and_still_works(
         publisher = DelayedPublisher(channel, exchange="retries")
     try:
         assert publisher.delay_exchange == "retries"
-        assert publisher.exchange == "retries"
+        with pytest.warns(DeprecationWarning, match=r"Publisher\.delay_exchange"):
+            assert publisher.exchange == "retries"
         assert planned_exchange(publisher) == "retries"
     finally:
         await publisher.close()
