@@ -85,10 +85,13 @@ class _Handling:
             headers=dict(headers),
         )
 
-    @staticmethod
     async def run(
-        entry: RpcEntrypoint, context: CallContext, *args: Any, **kwargs: Any
+        self, entry: RpcEntrypoint, context: CallContext, *args: Any, **kwargs: Any
     ) -> tuple[Any, Exception | None]:
+        publisher = self.settler.publisher
+        if publisher is not None and not publisher.available:
+            # the gate: no handler runs while its delayed copy could not be placed
+            await publisher.wait_available()
         token = _current.set(context)
         try:
             return await entry.handler(*args, **kwargs), None

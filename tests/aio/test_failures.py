@@ -554,3 +554,64 @@ async def test_stop_requeues_what_does_not_finish_in_time(
     await back.ack()
     assert back.body == b"stuck"
     assert back.redelivered
+
+
+# -- the gate: no handler runs while the publisher cannot publish at all -------------
+
+UNREACHABLE = "amqp://guest:guest@127.0.0.1:1/"
+"""No broker listens on port 1: a publisher pointed here cannot publish at all."""
+
+
+async def cut_off(publisher: Any) -> str:
+    """Make ``publisher`` unable to publish (its own connection goes to a port no
+    broker listens on); returns the URL to give back with :func:`restore`."""
+    good = await publisher.connection._url()
+    await publisher.connection.close()
+    publisher.connection.url = UNREACHABLE
+    return str(good)
+
+
+async def wait_until(check: Callable[[], bool], what: str, seconds: float = 10) -> None:
+    """Poll ``check`` every 20 ms until it holds; fail saying ``what`` after
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            msg = f"timed out after {seconds} s waiting for {what}"
+            raise AssertionError(msg)
+        await asyncio.sleep(0.02)
+
+
+async def test_no_handler_runs_while_the_publisher_cannot_publish(
+    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+) -> None:
+    """The first copy that cannot go closes the gate: the other messages wait
+    unhandled (instead of each running its handler and going round) until a probe
+    reaches the broker again; then every message is handled."""
+    retrier = make_retrier(failure_policy=FAST_FAILURES_FOR_GATE)
+    publisher = retrier.publisher
+    good = await cut_off(publisher)
+    started_while_closed: list[bool] = []
+    succeeded: set[str] = set()
+
+    async def handle(message: AbstractIncomingMessage) -> None:
+        started_while_closed.append(not publisher.available)
+        if (message.headers or {}).get("backoff-retries") is None:
+            raise retrier.policy.backoff()
+        succeeded.add(str(message.message_id))
+
+    await retrier.consume(target, handle)
+    for n in range(5):
+        await publish(channel, target.name, message_id=f"gated-{n}")
+    await wait_until(lambda: not publisher.available, "the gate to close")
+    runs_when_closed = len(started_while_closed)
+    publisher.connection.url = good  # the probe reaches the broker again
+    await wait_until(lambda: len(succeeded) == 5, "every message handled")
+    assert not any(started_while_closed), "a handler ran while the gate was closed"
+    assert runs_when_closed <= 5  # at most each message once before it closed
+
+
+FAST_FAILURES_FOR_GATE = FailurePolicy(
+    max_transient_tries=0, first_pause_s=0.05, max_pause_s=0.2
+)
+"""Never give up on a transient failure: the gate test needs every message back."""

@@ -1394,3 +1394,44 @@ async def test_stop_hands_back_a_message_waiting_out_its_pause(
     (queue,) = service.event_queues()
     await wait_for_depth(channel, queue, 1)
     assert ran == [1]
+
+
+async def test_no_handler_runs_while_the_publisher_cannot_publish(
+    service_name: str, new_service: ServiceFactory
+) -> None:
+    """As for a Retrier: once a delayed copy cannot go at all (the publisher's
+    connection is down), no event handler starts until a probe reaches the broker
+    again; then every event is handled."""
+    service = new_service(
+        backoff=Fast,
+        failure_policy=FailurePolicy(
+            max_transient_tries=0, first_pause_s=0.05, max_pause_s=0.2
+        ),
+    )
+    started_while_closed: list[bool] = []
+    handled: list[int] = []
+
+    @service.event_handler(service_name, "job")
+    async def on_job(payload: Any) -> None:
+        publisher = service._publisher
+        assert publisher is not None
+        started_while_closed.append(not publisher.available)
+        call = current_call()
+        assert call is not None
+        if call.retries < 1:
+            raise Backoff
+        handled.append(payload["n"])
+
+    async with service:
+        publisher = service._publisher
+        assert publisher is not None
+        good = await publisher.connection._url()
+        await publisher.connection.close()
+        publisher.connection.url = "amqp://guest:guest@127.0.0.1:1/"  # no broker
+        for n in range(5):
+            await service.dispatch("job", {"n": n})
+        await wait_until(lambda: not publisher.available, what="the gate to close")
+        publisher.connection.url = good
+        await wait_until(lambda: len(handled) == 5, what="every event handled")
+    assert sorted(handled) == [0, 1, 2, 3, 4]
+    assert not any(started_while_closed), "a handler ran while the gate was closed"
