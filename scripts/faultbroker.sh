@@ -179,31 +179,8 @@ launcher_pid() {
     return 0
 }
 
-amqp_answers() {
-    local first
-    # shellcheck disable=SC2016 # $1 expands in the inner shell
-    first=$(timeout 5 bash -c '
-        exec 3<>"/dev/tcp/127.0.0.1/$1"
-        printf "AMQP\000\000\011\001" >&3
-        head -c 1 <&3 | od -An -tx1' _ "$AMQP_PORT" 2>/dev/null) || return 1
-    [ "${first// /}" = "01" ]
-}
-
-mgmt_version() {
-    curl -fsS --max-time 5 -u guest:guest "http://127.0.0.1:$MGMT_PORT/api/overview" 2>/dev/null |
-        sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p' || true
-}
-
-is_up() { amqp_answers && [ -n "$(mgmt_version)" ]; }
-
-log_tail() {
-    local f
-    for f in "$HOST_STATE/log/$NODE.log" "$HOST_STATE/startup.log"; do
-        [ -s "$f" ] || continue
-        echo "----- last lines of $f -----" >&2
-        tail -n 30 "$f" | cut -c1-400 >&2
-    done
-}
+# shellcheck source=lib/probes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/probes.sh"
 
 wait_gone() { # pid seconds
     local deadline=$((SECONDS + $2))
@@ -250,7 +227,7 @@ cmd_start() {
             sleep 0.3
             continue
         fi
-        log_tail
+        log_tail "$HOST_STATE/log/$NODE.log" "$HOST_STATE/startup.log"
         stop_node
         die "$why (logs above, full logs in $HOST_STATE/log/)"
     done

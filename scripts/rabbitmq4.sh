@@ -237,34 +237,8 @@ EOF
 
 # --- probes ----------------------------------------------------------------
 
-# True when the port speaks AMQP 0-9-1 (answers the protocol header with a
-# method frame, i.e. connection.start).
-amqp_answers() {
-    local first
-    # shellcheck disable=SC2016 # $1 expands in the inner shell
-    first=$(timeout 5 bash -c '
-        exec 3<>"/dev/tcp/127.0.0.1/$1"
-        printf "AMQP\000\000\011\001" >&3
-        head -c 1 <&3 | od -An -tx1' _ "$AMQP_PORT" 2>/dev/null) || return 1
-    [ "${first// /}" = "01" ]
-}
-
-# Version reported by the management API, empty when it does not answer.
-mgmt_version() {
-    curl -fsS --max-time 5 -u guest:guest "http://127.0.0.1:$MGMT_PORT/api/overview" 2>/dev/null |
-        sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p' || true
-}
-
-is_up() { amqp_answers && [ -n "$(mgmt_version)" ]; }
-
-log_tail() {
-    local f
-    for f in "$ROOT/var/log/rabbitmq/$NODE.log" "$ROOT$STARTUP_LOG"; do
-        [ -s "$f" ] || continue
-        echo "----- last lines of $f -----" >&2
-        tail -n 30 "$f" | cut -c1-400 >&2
-    done
-}
+# shellcheck source=lib/probes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/probes.sh"
 
 # --- subcommands -----------------------------------------------------------
 
@@ -361,7 +335,7 @@ cmd_start() {
             sleep 1
             continue
         fi
-        log_tail
+        log_tail "$ROOT/var/log/rabbitmq/$NODE.log" "$ROOT$STARTUP_LOG"
         log "start: $why; cleaning up"
         kill_chroot_procs
         umount_under "$ROOT"

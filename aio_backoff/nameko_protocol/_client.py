@@ -34,6 +34,7 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError, PublishError
 
 from ..aiopika._lifecycle import Lifecycle
 from ..aiopika._publisher import DEFAULT_CONFIRM_TIMEOUT_S
+from ..core._renames import UNSET, renamed
 from ..core.nameko_wire import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
@@ -77,16 +78,19 @@ class NamekoRpcClient(Lifecycle):
         name: str = "aio_rpc_client",
         timeout: float | None = None,
         context_data: Mapping[str, Any] | None = None,
-        exchange: str = RPC_EXCHANGE,
+        rpc_exchange: str = RPC_EXCHANGE,
         parent_calls_tracked: int = PARENT_CALLS_TRACKED,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        exchange: str = UNSET,
     ) -> None:
         self.connection = connection
         self.name = name
         self.timeout = timeout
         self.confirm_timeout = confirm_timeout
         self.context_data = dict(context_data or {})
-        self.exchange_name = exchange
+        self.rpc_exchange: str = renamed(
+            "NamekoRpcClient", "exchange", "rpc_exchange", exchange, rpc_exchange
+        )
         self.parent_calls_tracked = parent_calls_tracked
         self.reply_id = str(uuid.uuid4())
         self._channel: AbstractChannel | None = None
@@ -105,7 +109,7 @@ class NamekoRpcClient(Lifecycle):
         channel = await self.connection.channel(on_return_raises=True)
         try:
             self._exchange = await channel.declare_exchange(
-                self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+                self.rpc_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             queue = await channel.declare_queue(
                 self.reply_queue,

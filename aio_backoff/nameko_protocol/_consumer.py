@@ -67,12 +67,12 @@ class QueueConsumer:
         return channel
 
     async def consume_rpc(
-        self, *, exchange: str, queue: str, binding_key: str, on_message: OnMessage
+        self, *, rpc_exchange: str, queue: str, binding_key: str, on_message: OnMessage
     ) -> None:
         """Declare ``queue`` (durable) bound to the RPC exchange; consume it."""
         assert self.channel is not None  # opened
         rpc = await self.channel.declare_exchange(
-            exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            rpc_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         declared = await self.channel.declare_queue(
             queue, durable=True, arguments=self.queue_arguments

@@ -46,11 +46,11 @@ class ReplySender:
         self,
         connection: AbstractConnection,
         *,
-        exchange: str,
+        rpc_exchange: str,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
     ) -> None:
         self.connection = connection
-        self.exchange_name = exchange
+        self.rpc_exchange = rpc_exchange
         self.confirm_timeout = confirm_timeout
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -70,7 +70,7 @@ class ReplySender:
             if self._channel is None or self._channel.is_closed:
                 self._channel = await self.connection.channel()
                 self._exchange = await self._channel.declare_exchange(
-                    self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+                    self.rpc_exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
             assert self._exchange is not None
             return self._exchange

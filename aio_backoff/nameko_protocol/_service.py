@@ -151,7 +151,7 @@ class NamekoService(Lifecycle):
         self._rpcs: dict[str, RpcEntrypoint] = {}
         self._events: list[EventEntrypoint] = []
         self._replies = ReplySender(
-            connection, exchange=rpc_exchange, confirm_timeout=confirm_timeout
+            connection, rpc_exchange=rpc_exchange, confirm_timeout=confirm_timeout
         )
         self._settler = Settler(
             self._replies,
@@ -287,7 +287,7 @@ class NamekoService(Lifecycle):
             await self._replies.start()
             if self._rpcs:
                 await self._consumer.consume_rpc(
-                    exchange=self.rpc_exchange,
+                    rpc_exchange=self.rpc_exchange,
                     queue=self.rpc_queue,
                     binding_key=rpc_binding_key(self.name),
                     on_message=self._rpc_handling(),

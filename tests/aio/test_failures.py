@@ -32,6 +32,7 @@ from aio_backoff import (
 )
 from tests import brokers
 from tests.aio.retrying import Recorder, fast_backoff, get_one, publish
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
@@ -571,17 +572,6 @@ async def cut_off(publisher: Any) -> str:
     return str(good)
 
 
-async def wait_until(check: Callable[[], bool], what: str, seconds: float = 10) -> None:
-    """Poll ``check`` every 20 ms until it holds; fail saying ``what`` after
-    ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            msg = f"timed out after {seconds} s waiting for {what}"
-            raise AssertionError(msg)
-        await asyncio.sleep(0.02)
-
-
 async def test_no_handler_runs_while_the_publisher_cannot_publish(
     channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
 ) -> None:
@@ -603,10 +593,10 @@ async def test_no_handler_runs_while_the_publisher_cannot_publish(
     await retrier.consume(target, handle)
     for n in range(5):
         await publish(channel, target.name, message_id=f"gated-{n}")
-    await wait_until(lambda: not publisher.available, "the gate to close")
+    await wait_until(lambda: not publisher.available, what="the gate to close")
     runs_when_closed = len(started_while_closed)
     publisher.connection.url = good  # the probe reaches the broker again
-    await wait_until(lambda: len(succeeded) == 5, "every message handled")
+    await wait_until(lambda: len(succeeded) == 5, what="every message handled")
     assert not any(started_while_closed), "a handler ran while the gate was closed"
     assert runs_when_closed <= 5  # at most each message once before it closed
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from aio_backoff import Backoff, BackoffRPC, DelayedPublisher, Retrier
 
@@ -66,3 +66,14 @@ async def test_a_servers_old_keyword_warns_and_still_works(
         assert planned_exchange(publisher) == "retries"
     finally:
         await publisher.close()
+
+
+async def test_rpc_client_exchange_keyword_warns_and_still_works(
+    connection: AbstractRobustConnection,
+) -> None:
+    from aio_backoff import NamekoRpcClient  # noqa: PLC0415 - the nameko protocol
+
+    with pytest.warns(DeprecationWarning, match=r"NamekoRpcClient\(rpc_exchange="):
+        client = NamekoRpcClient(connection, exchange="other-rpc")
+    assert client.rpc_exchange == "other-rpc"
+    assert NamekoRpcClient(connection).rpc_exchange == "nameko-rpc"

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +56,6 @@ class Report:
 
     def for_key(self, key: str) -> list[Record]:
         return [record for record in self.records() if record["key"] == key]
-
-
-async def wait_until(
-    check: Callable[[], bool], *, seconds: float = 10, what: str = "condition"
-) -> None:
-    """Poll ``check`` every 20 ms (without blocking the loop) until it holds."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            msg = f"timed out after {seconds} s waiting for {what}"
-            raise AssertionError(msg)
-        await asyncio.sleep(0.02)
 
 
 async def wait_for_consumers(

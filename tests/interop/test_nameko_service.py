@@ -372,7 +372,7 @@ async def test_client_start_failure_closes_its_channel(
     exchange = declared.exchange(unique_name("fanout"))
     channel = await connection.channel()
     await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT)
-    client = NamekoRpcClient(connection, exchange=exchange)
+    client = NamekoRpcClient(connection, rpc_exchange=exchange)
     with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
         await client.start()
     with pytest.raises(RuntimeError, match="not started"):
@@ -1161,7 +1161,7 @@ async def test_a_call_the_broker_refuses_raises_its_error(
     # declare the reply queue again after the test deleted it
     plain = await aio_pika.connect(brokers.current().amqp_url, timeout=10)
     try:
-        async with NamekoRpcClient(plain, exchange=exchange) as client:
+        async with NamekoRpcClient(plain, rpc_exchange=exchange) as client:
             declared.queue(client.reply_queue)
             await channel.exchange_delete(exchange)
             with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
