@@ -86,7 +86,7 @@ async def test_undecodable_request_bodies_are_settled(
         (call,) = book.new_ids(1, "call")
         with contextlib.suppress(Exception):  # a timeout shows as lost
             await caller.call(name, "work", call)
-        await book.wait_settled(5)
+        await book.wait_settled(15)
     book.assert_all_kept()
 
 
