@@ -29,7 +29,8 @@ from tests.interop.jobs import (
     ok_and_doomed_done,
     publish_job,
 )
-from tests.interop.processes import nameko_client, wait_until
+from tests.interop.processes import nameko_client
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(45)]
 

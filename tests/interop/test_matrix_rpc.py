@@ -24,7 +24,8 @@ from tests.interop.jobs import (
     check_ok_and_doomed,
     ok_and_doomed,
 )
-from tests.interop.processes import nameko_client, wait_until
+from tests.interop.processes import nameko_client
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(45)]
 

@@ -35,8 +35,8 @@ from tests.interop.processes import (
     NamekoProcess,
     Report,
     wait_for_consumers,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = [
     pytest.mark.broker,

@@ -47,7 +47,7 @@ from aio_backoff.core.nameko_wire import RPC_METHOD_ID_HEADER, dumps
 from tests import brokers
 from tests.interop.conftest import NamekoSide
 from tests.interop.jobs import Fast, new_job
-from tests.interop.processes import wait_until
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 

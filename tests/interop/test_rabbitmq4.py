@@ -31,7 +31,8 @@ from aio_backoff import (
 )
 from tests import brokers
 from tests.interop.jobs import Fast
-from tests.interop.processes import ROOT, wait_until
+from tests.interop.processes import ROOT
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
