@@ -60,7 +60,14 @@ async def test_malformed_x_death_keeps_the_delay_queue_up(
         schedule=(delay_ms,), limit=3, random_sigma=0, name="ThroughDeath"
     )
     consumer = await start_consumer(
-        connection, queue, book, backoff=backoff, until_delayed=True
+        connection,
+        queue,
+        book,
+        backoff=backoff,
+        until_delayed=True,
+        # the delay queue outlives its last copy by a minute, so that the check of
+        # its state below never finds it expired instead of crashed
+        grace_ms=60_000,
     )
     try:
         await publish(
