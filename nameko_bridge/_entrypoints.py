@@ -43,7 +43,7 @@ from typing import Any, Literal
 import eventlet
 
 from aio_backoff.core import Backoff as CoreBackoff
-from aio_backoff.core import Outcome, Settle, decide
+from aio_backoff.core import CopyNotPlaced, Outcome, Settle, decide
 from aio_backoff.core.nameko_wire import (
     backoff_call_id_stack,
 )
@@ -70,13 +70,6 @@ log = logging.getLogger("nameko_bridge").getChild("entrypoints")
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 OnExpired = Literal["keep", "park", "ack", "raise"]
 ON_EXPIRED_CHOICES: tuple[OnExpired, ...] = ("keep", "park", "ack", "raise")
-
-class CopyNotPlaced(Exception):
-    """A retry that will not work by trying again: it could not be planned (a bad
-    ``Backoff``), or the broker refused its delayed copy. The message was
-    dead-lettered or parked (the reason in its ``backoff-error`` header); this is
-    the entrypoint's result, and what an RPC caller gets."""
-
 
 def expect_backoff_exception(expected_exceptions: Any) -> Any:
     """``expected_exceptions`` (a class or a tuple) with ``Backoff`` added.
@@ -261,7 +254,8 @@ class _Execution:
             what = f"the broker refused the delayed copy ({_reason(error)})"
         failure = CopyNotPlaced(
             f"{what}; the message of queue {self.target_queue!r} is kept instead of "
-            "retried"
+            "retried",
+            permanent=True,  # kept for good: trying again will not happen
         )
         failure.__cause__ = error
         return self._keep(failure, level=action.level, what=what, park_only=False)

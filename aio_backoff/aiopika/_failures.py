@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any
 
 from aiormq.exceptions import (
     AMQPConnectionError,
@@ -28,7 +27,7 @@ from aiormq.exceptions import (
 from pamqp.commands import Basic
 
 from ..core._backoff import BackoffConfigError
-from ..core._outcome import Outcome
+from ..core._outcome import CopyNotPlaced, Outcome
 
 __all__ = [
     "REFUSED",
@@ -40,42 +39,12 @@ __all__ = [
 ]
 
 
-class CopyNotPlaced(Exception):
-    """The broker did not take a delayed (or parked) copy of a message.
-
-    ``permanent`` says whether trying again can help: ``True`` when the broker
-    refused it (``ACCESSREFUSED``, ``PRECONDITION_FAILED``, returned or
-    ``NOT_FOUND`` also after a fresh declare) or the copy cannot be encoded;
-    ``False`` when it may heal (channel or connection closed, flow control, confirm
-    timeout, broker nack). The original message has not been settled.
-    """
-
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # pickled into an RPC error reply: keep the keyword through the round trip
-        return (_rebuild, (type(self), str(self), self.permanent))
-
-    @property
-    def outcome(self) -> Outcome:
-        """The row of the ack table this failure falls in."""
-        if self.permanent:
-            return Outcome.NOT_PLACED_PERMANENT
-        return Outcome.NOT_PLACED_TRANSIENT
-
-
 class PublisherUnavailable(CopyNotPlaced):
     """The publisher cannot publish at all just now (its connection or channel is
     down): transient, and consumers wait at the gate until it is back."""
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message, permanent=permanent)
-
-
-def _rebuild(kind: type[CopyNotPlaced], message: str, permanent: bool) -> CopyNotPlaced:
-    return kind(message, permanent=permanent)
 
 
 _Kinds = type[BaseException] | tuple[type[BaseException], ...]

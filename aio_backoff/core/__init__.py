@@ -16,6 +16,7 @@ from ._backoff import Backoff, BackoffConfigError, RetryFor, as_backoff, backoff
 from ._outcome import (
     ACTIONS,
     Action,
+    CopyNotPlaced,
     FailurePolicy,
     Outcome,
     Reply,
@@ -79,6 +80,7 @@ __all__ = [
     "Action",
     "Backoff",
     "BackoffConfigError",
+    "CopyNotPlaced",
     "DelayQueue",
     "FailurePolicy",
     "LeaseBook",

@@ -39,10 +39,12 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
     "ACTIONS",
     "Action",
+    "CopyNotPlaced",
     "FailurePolicy",
     "Outcome",
     "Reply",
@@ -259,3 +261,39 @@ class TransientTries:
 
     def __len__(self) -> int:
         return len(self._tries)
+
+
+class CopyNotPlaced(Exception):
+    """The broker did not take a delayed (or parked) copy of a message: one class
+    for every stack (``Retrier``, ``BackoffRPC``, ``NamekoService``,
+    ``nameko_bridge``).
+
+    ``permanent`` says whether trying again can help: ``True`` when the broker
+    refused it (``ACCESS_REFUSED``, ``PRECONDITION_FAILED``, returned or
+    ``NOT_FOUND`` also after a fresh declare), the copy cannot be encoded, or the
+    transient failures reached their limit; ``False`` when it may heal (channel or
+    connection closed, flow control, confirm timeout, broker nack).
+    """
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled into an RPC error reply: keep the keyword through the round trip
+        return (_rebuild, (type(self), str(self), self.permanent))
+
+    @property
+    def outcome(self) -> Outcome:
+        """The row of the ack table this failure falls in."""
+        if self.permanent:
+            return Outcome.NOT_PLACED_PERMANENT
+        return Outcome.NOT_PLACED_TRANSIENT
+
+
+def _rebuild(kind: type[CopyNotPlaced], message: str, permanent: bool) -> CopyNotPlaced:
+    return kind(message, permanent=permanent)
+
+
+# Tracebacks and nameko's remote errors name the public path, not the private module.
+CopyNotPlaced.__module__ = "aio_backoff"

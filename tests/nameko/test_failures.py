@@ -471,3 +471,17 @@ def test_a_nameko_process_never_loads_aio_pika():
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_one_copy_not_placed_for_both_stacks():
+    """A copy that could not be placed is one class on every stack: an
+    ``except aio_backoff.CopyNotPlaced`` also catches nameko_bridge's, and a remote
+    error names its public path."""
+    import aio_backoff  # noqa: PLC0415
+
+    assert CopyNotPlaced is aio_backoff.CopyNotPlaced
+    failure = CopyNotPlaced("refused", permanent=True)
+    assert failure.outcome == aio_backoff.Outcome.NOT_PLACED_PERMANENT
+    assert f"{type(failure).__module__}.{type(failure).__name__}" == (
+        "aio_backoff.CopyNotPlaced"
+    )
