@@ -99,3 +99,19 @@ async def test_expiry_example(
     assert lines[5] == "  backoff-error: Backoff aborted after '2' retries (~0 seconds)"
     assert lines[6] == f"  backoff-queue: {parking.removesuffix('.parked')}"
     assert not await queue_exists(connection, parking)
+
+
+async def test_reliability_example(
+    broker: Any, connection: AbstractRobustConnection
+) -> None:
+    code, out, err = await run_example("reliability.py", broker)
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("refused at definition: ")
+    assert lines[0].endswith("got 3.0; write limit = 3")
+    assert lines[1] == "handler runs: 1"  # parked at once, not looped
+    [parking] = re.findall(r"parked in '([^']+)'", lines[2])
+    assert "PRECONDITION_FAILED" in lines[2]
+    assert lines[3] == "stopped: no more messages taken, nothing in flight"
+    assert not await queue_exists(connection, parking)
