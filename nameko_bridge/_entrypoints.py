@@ -71,6 +71,7 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 OnExpired = Literal["keep", "park", "ack", "raise"]
 ON_EXPIRED_CHOICES: tuple[OnExpired, ...] = ("keep", "park", "ack", "raise")
 
+
 def expect_backoff_exception(expected_exceptions: Any) -> Any:
     """``expected_exceptions`` (a class or a tuple) with ``Backoff`` added.
 

@@ -46,11 +46,17 @@ from aio_backoff.core import (
     DEFAULT_DELAY_EXCHANGE,
     DEFAULT_GRACE_MS,
     KEPT_PROPERTIES,
+    QUEUE_TYPES,
+    DelayedExchange,
     DelayQueue,
     FailurePolicy,
+    Ladder,
     LeaseBook,
+    QueueType,
     RetryPlan,
+    TopologyName,
     TransientTries,
+    check_topology,
     delay_queue_name,
     parked_headers,
     parking_queue_name,
@@ -58,11 +64,16 @@ from aio_backoff.core import (
     round_to_nearest,
 )
 from aio_backoff.core import Backoff as CoreBackoff
+from aio_backoff.core._plugin import PLUGIN_DELAY_HEADER, x_delay
+
+from ._topologies import TopologyDeclarer
 
 __all__ = [
     "CONFIRM_TIMEOUT_CONFIG_KEY",
     "DEFAULT_CONFIRM_TIMEOUT_S",
     "EXPIRY_GRACE_PERIOD",
+    "QUEUE_TYPE_CONFIG_KEY",
+    "TOPOLOGY_CONFIG_KEY",
     "Backoff",
     "BackoffPublisher",
     "get_backoff_queue_name",
@@ -84,6 +95,13 @@ transient failure (the message then goes back to its queue after a pause)."""
 
 CONFIRM_TIMEOUT_CONFIG_KEY = "BACKOFF_CONFIRM_TIMEOUT"
 """Container config key that overrides :data:`DEFAULT_CONFIRM_TIMEOUT_S`."""
+
+TOPOLOGY_CONFIG_KEY = "BACKOFF_TOPOLOGY"
+"""Container config key: where delayed copies wait, ``"per-delay"`` (the default,
+nameko-amqp-retry's), ``"ladder"`` or ``"plugin"`` (docs/topology.md)."""
+
+QUEUE_TYPE_CONFIG_KEY = "BACKOFF_QUEUE_TYPE"
+"""Container config key: ``"classic"`` (the default) or ``"quorum"`` ladder queues."""
 
 _RETRY_POLICY = {"max_retries": 1}
 """kombu's retry of one publish: once, on a fresh connection (a pooled connection
@@ -221,6 +239,12 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     """Seconds a publish waits for its confirm (the container config key
     ``BACKOFF_CONFIRM_TIMEOUT`` overrides it)."""
     failure_policy: FailurePolicy = FailurePolicy()
+    topology: TopologyName = "per-delay"
+    """Where copies wait (the container config key ``BACKOFF_TOPOLOGY`` overrides
+    it): ``"per-delay"`` keeps nameko-amqp-retry 0.7.1's queues, so that 0.7.1
+    services sharing the queues keep counting."""
+    queue_type: QueueType = "classic"
+    """The ladder's queue type (config key ``BACKOFF_QUEUE_TYPE``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -245,6 +269,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         self._connection: Connection | None = None
         # (delay ms, delay exchange, grace ms) -> the kombu queue make_queue() built
         self._queues: dict[tuple[int, str, int], Queue] = {}
+        self._declarer = TopologyDeclarer(self._fresh_connection)
 
     @property
     def exchange(self) -> Exchange:
@@ -296,6 +321,40 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         config = getattr(container, "config", None) or {}
         return float(config.get(CONFIRM_TIMEOUT_CONFIG_KEY, self.confirm_timeout))
 
+    def _fresh_connection(self) -> Connection:
+        """A new kombu connection like :attr:`connection` (closed on exit)."""
+        return self.connection.clone()  # type: ignore[no-untyped-call,no-any-return]
+
+    def _config(self) -> Mapping[str, Any]:
+        container = getattr(self, "container", None)
+        return getattr(container, "config", None) or {}
+
+    @property
+    def topology_in_force(self) -> TopologyName:
+        """The topology in force: the container's config, else the class's."""
+        value = self._config().get(TOPOLOGY_CONFIG_KEY, self.topology)
+        try:
+            return check_topology(value)
+        except ValueError as error:
+            msg = f"{TOPOLOGY_CONFIG_KEY}: {error}"
+            raise ValueError(msg) from None
+
+    @property
+    def queue_type_in_force(self) -> QueueType:
+        """The ladder's queue type in force: the container's config, else the
+        class's."""
+        value = self._config().get(QUEUE_TYPE_CONFIG_KEY, self.queue_type)
+        if value not in QUEUE_TYPES:
+            msg = (
+                f"{QUEUE_TYPE_CONFIG_KEY} must be 'classic' or 'quorum', got {value!r}"
+            )
+            raise ValueError(msg)
+        return value  # type: ignore[no-any-return]
+
+    def setup(self) -> None:
+        """Check the topology settings when the container starts."""
+        _ = self.topology_in_force, self.queue_type_in_force
+
     def make_queue(self, expiration: int) -> Queue:
         """The kombu queue that holds copies delayed by ``expiration`` ms.
 
@@ -329,6 +388,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             target_queue=target_queue,
             delay_exchange=self.delay_exchange,
             grace_ms=EXPIRY_GRACE_PERIOD,
+            topology=self.topology_in_force,
         )
 
     def republish(
@@ -358,19 +418,76 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         Raises ``UndeliverableMessage`` when it comes back unroutable also after a
         fresh declare, or the error of the publish; never settles ``message``.
         """
-        queue = self.make_queue(plan.delay_ms)
-        self._publish_copy(message, plan, queue)
+        if plan.topology == "per-delay":
+            queue = self.make_queue(plan.delay_ms)
+            self._publish_copy(message, plan, queue)
+            via = queue.name
+        else:
+            via = self._publish_routed_copy(message, plan)
         log.info(
             "retry #%r (limit %s) for queue %r in %r ms via %r",
             plan.retry_number,
             "none" if plan.limit is None else plan.limit,
             plan.routing_key,
             plan.delay_ms,
-            queue.name,
+            via,
         )
+
+    def _publish_routed_copy(self, message: Any, plan: RetryPlan) -> str:
+        """A copy through the ladder or the plugin's exchange; returns where it went.
+
+        Declared (once) and the target bound before the publish; the ladder's copy
+        is mandatory and published once more after a fresh declare if it comes
+        back; the plugin takes no ``mandatory``. Copies are persistent.
+        """
+        target = plan.routing_key
+        headers = dict(plan.headers)
+        properties = {**_copy_properties(message), "delivery_mode": PERSISTENT}
+        if plan.topology == "ladder":
+            ladder = Ladder(self.delay_exchange, self.queue_type_in_force)
+            exchange = ladder.entry(plan.delay_ms)
+            routing_key = ladder.routing_key(plan.delay_ms, target)
+            ensure = partial(self._declarer.ladder, ladder, target)
+            source = ladder.deliver_exchange
+        else:
+            delayed = DelayedExchange(self.delay_exchange)
+            exchange, routing_key = delayed.name, delayed.routing_key(target)
+            headers[PLUGIN_DELAY_HEADER] = x_delay(plan.delay_ms)
+            ensure = partial(self._declarer.plugin, delayed, target)
+            source = delayed.name
+        for attempt in (1, 2):
+            ensure()
+            try:
+                self._publish_confirmed(
+                    message.body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    headers=headers,
+                    expiration=None,
+                    declare=[],
+                    properties=properties,
+                    mandatory=plan.topology == "ladder",
+                )
+            except (UndeliverableMessage, amqp_errors.NotFound) as error:
+                self._declarer.forget(source, target)
+                if attempt == 2:
+                    msg = (
+                        f"the delayed copy of a message for queue {target!r} (retry "
+                        f"#{plan.retry_number}, {plan.delay_ms} ms) could not be "
+                        f"routed via {exchange!r}, also after declaring the "
+                        f"{plan.topology} topology again"
+                    )
+                    raise UndeliverableMessage(msg) from error
+            except BaseException:
+                self._declarer.forget(source, target)
+                raise
+            else:
+                break
+        return exchange
 
     def _publish_copy(self, message: Any, plan: RetryPlan, queue: Queue) -> None:
         lease = plan.delay_queue
+        assert lease is not None  # every per-delay plan has its delay queue
         properties = _copy_properties(message)
         failure: Exception | None = None
         for attempt in (1, 2):
@@ -398,7 +515,19 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             else:
                 if declaring:
                     self.lease_book.declared(lease, at=started)
-                return
+                if attempt == 2 or self.lease_book.covers(lease):
+                    return
+                # confirmed later than the grace period after our last declare:
+                # the queue may have expired with the copy in it. Once more, after
+                # a declare (the message may come back twice, but is not lost).
+                log.warning(
+                    "delayed copy for queue %r confirmed too late to be sure delay "
+                    "queue %r was still there; declaring it and publishing once more",
+                    plan.routing_key,
+                    queue.name,
+                )
+                self.lease_book.forget(lease)
+                continue
             self.lease_book.forget(lease)
             if attempt == 1:
                 log.warning(
@@ -429,6 +558,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         expiration: float | None,
         declare: list[Queue],
         properties: dict[str, Any],
+        mandatory: bool = True,
     ) -> None:
         """Publish to ``exchange``, mandatory, and wait for the broker's confirm.
 
@@ -452,7 +582,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                     headers=headers,
                     expiration=expiration,
                     declare=declare,
-                    mandatory=True,
+                    mandatory=mandatory,
                     serializer="json",
                     retry=True,
                     retry_policy=_RETRY_POLICY,

@@ -30,11 +30,18 @@ from aiormq.exceptions import (
 )
 
 from ..core._backoff import Backoff
+from ..core._ladder import Ladder, QueueType
 from ..core._outcome import FailurePolicy
 from ..core._plan import RetryPlan, plan_retry
 from ..core._protocol import KEPT_PROPERTIES, encodable_headers, parked_headers
 from ..core._renames import UNSET, deprecated, renamed
-from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, LeaseBook
+from ..core._topology import (
+    DEFAULT_DELAY_EXCHANGE,
+    DEFAULT_GRACE_MS,
+    LeaseBook,
+    TopologyName,
+    check_topology,
+)
 from ._claims import MessageIdClaims
 from ._connection import PublishingConnection
 from ._failures import (
@@ -44,16 +51,28 @@ from ._failures import (
     describe,
     not_placed,
 )
-from ._leases import DelayQueueLeases
+from ._ladder import LadderPlacement
 from ._parking import Parking
+from ._per_delay import PerDelay
+from ._placement import Placement
+from ._plugin import PluginPlacement
 
-__all__ = ["DEFAULT_CONFIRM_TIMEOUT_S", "CopyNotPlaced", "DelayedPublisher"]
+__all__ = [
+    "DEFAULT_CONFIRM_TIMEOUT_S",
+    "DEFAULT_TOPOLOGY",
+    "CopyNotPlaced",
+    "DelayedPublisher",
+]
 
 log = logging.getLogger("aio_backoff").getChild("republish")
 
 DEFAULT_CONFIRM_TIMEOUT_S = 10.0
 """Seconds a publish waits for the broker's confirm before it counts as failed
 (transient: the original goes back to its queue after a pause)."""
+
+DEFAULT_TOPOLOGY: TopologyName = "ladder"
+"""The topology of the asyncio entry points (nameko services keep ``"per-delay"``,
+nameko-amqp-retry's, by default: see docs/topology.md)."""
 
 _PROPERTY_NAMES = {"type": "message_type"}
 """aio-pika attribute name -> AMQP property name, where they differ."""
@@ -72,11 +91,16 @@ class DelayedPublisher:
 
     - ``channel``: any channel of the consumer's connection; the publisher opens a
       connection of its own from that connection's URL (or from ``url``).
-    - ``delay_exchange`` and ``grace_ms`` name the delay topology (the defaults are
-      nameko-amqp-retry's); ``exchange=`` is the deprecated name of
-      ``delay_exchange``.
-    - ``lease_book`` may be shared by the publishers of one process, so that each
-      delay queue is renewed once per half grace period.
+    - ``topology``: where copies wait: ``"ladder"`` (the default), ``"per-delay"``
+      (nameko-amqp-retry's queues) or ``"plugin"`` (the delayed-message exchange);
+      ``queue_type``: ``"classic"`` or ``"quorum"`` for the ladder's queues.
+      docs/topology.md says which to pick.
+    - ``delay_exchange`` names the delay topology: the per-delay headers exchange,
+      and the first part of the ladder's and the plugin exchange's names;
+      ``exchange=`` is the deprecated name of ``delay_exchange``.
+    - ``grace_ms`` and ``lease_book`` (per-delay only): how long a delay queue
+      outlives its delay; the book may be shared by the publishers of one process,
+      so that each delay queue is renewed once per half grace period.
     - ``confirm_timeout``: seconds to wait for each confirm (default
       :data:`DEFAULT_CONFIRM_TIMEOUT_S`).
     - ``failure_policy``: the pauses of the gate's probe (see
@@ -91,6 +115,8 @@ class DelayedPublisher:
         self,
         channel: AbstractChannel,
         *,
+        topology: TopologyName = DEFAULT_TOPOLOGY,
+        queue_type: QueueType = "classic",
         delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
         grace_ms: int = DEFAULT_GRACE_MS,
         lease_book: LeaseBook | None = None,
@@ -100,15 +126,26 @@ class DelayedPublisher:
         exchange: str = UNSET,
     ) -> None:
         self.source_channel = channel
+        self.topology: TopologyName = check_topology(topology)
         self.delay_exchange: str = renamed(
             "DelayedPublisher", "exchange", "delay_exchange", exchange, delay_exchange
         )
+        self.queue_type: QueueType = queue_type
         self.grace_ms = grace_ms
         self.confirm_timeout = confirm_timeout
         self.connection = PublishingConnection(
             channel, url=url, open_timeout=confirm_timeout, policy=failure_policy
         )
-        self.leases = DelayQueueLeases(lease_book)
+        self.per_delay = PerDelay(lease_book)
+        self._other_placements: dict[str, Placement] = {}
+        self.placement: Placement
+        if self.topology == "per-delay":
+            self.placement = self.per_delay
+        elif self.topology == "ladder":
+            self.ladder = Ladder(self.delay_exchange, queue_type)
+            self.placement = LadderPlacement(self.ladder)
+        else:
+            self.placement = PluginPlacement(self.delay_exchange)
         self.claims = MessageIdClaims()
         self.parking = Parking(
             self.connection, self.claims, confirm_timeout=confirm_timeout
@@ -120,13 +157,40 @@ class DelayedPublisher:
 
     @property
     def lease_book(self) -> LeaseBook:
-        return self.leases.book
+        return self.per_delay.leases.book
 
     @property
     def exchange(self) -> str:
         """Deprecated name of :attr:`delay_exchange`."""
         deprecated("DelayedPublisher.exchange", "DelayedPublisher.delay_exchange")
         return self.delay_exchange
+
+    @property
+    def leases(self) -> Any:
+        """The per-delay topology's leases (:class:`._per_delay.DelayQueueLeases`)."""
+        return self.per_delay.leases
+
+    async def declare(self) -> None:
+        """Declare the delay topology now, ahead of the first retry.
+
+        The ladder and the plugin's exchange are declared whole here, so that the
+        first copies do not wait for it; per-delay queues are declared with their
+        first copy. Raises :class:`CopyNotPlaced` (permanent) when the broker
+        refuses the topology (the plugin missing, access refused, a queue declared
+        elsewhere with other arguments); a transient failure (no connection just
+        now) is logged and left to the first copy.
+        """
+        what = f"the {self.topology} topology of {self.delay_exchange!r}"
+        try:
+            channel = await self._channel(f"declaring {what}")
+            await self.placement.declare(channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            failure = not_placed(error, what)
+            if failure.permanent:
+                raise failure from error
+            log.warning("%s; the first copy declares it instead", failure)
 
     # -- the gate ---------------------------------------------------------------------
 
@@ -193,10 +257,12 @@ class DelayedPublisher:
     ) -> None:
         """Publish the delayed copy ``plan`` describes; confirmed when this returns.
 
-        Declares the topology when its lease is due; declares and publishes once
-        more when the copy comes back unroutable, its exchange is gone or its
-        channel closed under it. Raises :class:`CopyNotPlaced` (``permanent`` or
-        not) when the copy cannot be placed. Never settles ``message``.
+        Declares what the copy needs (the ladder, the target's binding, a delay
+        queue whose lease is due); declares and publishes once more when the copy
+        comes back unroutable, its exchange is gone, its channel closed under it,
+        or (per-delay) its confirm came too late to be sure the queue was leased.
+        Raises :class:`CopyNotPlaced` (``permanent`` or not) when the copy cannot
+        be placed. Never settles ``message``.
         """
         headers = self.copy_headers(message, plan, extra_headers)
         if (
@@ -204,9 +270,7 @@ class DelayedPublisher:
             or type(self).copy_headers is not DelayedPublisher.copy_headers
         ):
             headers = encodable_headers(headers)
-        properties = self.copy_properties(
-            message, headers=headers, expiration=plan.expiration_ms
-        )
+        properties = self.copy_properties(message, headers=headers, expiration=None)
         message_id = properties.message_id
         await self.claims.claim(message_id)
         try:
@@ -232,58 +296,76 @@ class DelayedPublisher:
         if sent and not failure.permanent:
             self._uncertain(what, error)
         if isinstance(failure, PublisherUnavailable):
-            self.leases.forget(plan.delay_queue)
+            self.placement_for(plan).forget(plan)
             self.connection.unavailable(repr(error))
         return failure
+
+    def placement_for(self, plan: RetryPlan) -> Placement:
+        """The placement of ``plan``'s topology (this publisher's, usually)."""
+        if plan.topology == self.topology:
+            return self.placement
+        if plan.topology == "per-delay":
+            return self.per_delay
+        placement = self._other_placements.get(plan.topology)
+        if placement is None:
+            placement = self._other_placements[plan.topology] = (
+                LadderPlacement(Ladder(self.delay_exchange, self.queue_type))
+                if plan.topology == "ladder"
+                else PluginPlacement(self.delay_exchange)
+            )
+        return placement
 
     async def _place(
         self, body: bytes, plan: RetryPlan, properties: aiormq.spec.Basic.Properties
     ) -> None:
-        queue = plan.delay_queue
+        placement = self.placement_for(plan)
         what = (
             f"the delayed copy of a message for queue {plan.routing_key!r} "
-            f"(retry #{plan.retry_number}, {plan.delay_ms} ms via exchange "
-            f"{queue.delay_exchange!r} and delay queue {queue.name!r})"
+            f"(retry #{plan.retry_number}, {plan.delay_ms} ms "
+            f"{placement.describe(plan)})"
         )
-        leases = self.leases
+        properties = placement.properties(properties, plan)
         for again in (False, True):
             channel = await self._channel(what)
             sent = False
             try:
-                if again or leases.due(queue):
-                    await leases.renew(channel, queue, force=again)
+                await placement.prepare(channel, plan, force=again)
+                exchange, routing_key = placement.address(plan)
                 sent = True
                 await channel.basic_publish(
                     body,
-                    exchange=queue.delay_exchange,
-                    routing_key=plan.routing_key,
+                    exchange=exchange,
+                    routing_key=routing_key,
                     properties=properties,
-                    mandatory=True,
+                    mandatory=placement.mandatory,
                     timeout=self.confirm_timeout,
                 )
             except asyncio.CancelledError:
                 raise
             except _ONCE_MORE as error:
-                # returned (its delay queue expired or was deleted), exchange gone,
-                # or the channel closed under it: declare and publish once more
+                # returned (its queue expired or was deleted), exchange gone, or
+                # the channel closed under it: declare and publish once more
                 if again or isinstance(error, REFUSED):
                     also = f"{what}, also after a fresh declare,"
                     raise self._failed(error, also, plan, sent=sent) from error
                 if sent and isinstance(error, _INTERRUPTED):
                     self._uncertain(what, error)
-                leases.forget(queue)
+                placement.forget(plan)
                 log.warning(
-                    "%s: %s; declaring delay queue %r again and publishing once more",
+                    "%s: %s; declaring again and publishing once more",
                     what,
                     describe(error),
-                    queue.name,
                 )
             except Exception as error:
                 raise self._failed(error, what, plan, sent=sent) from error
             else:
-                return
+                if again or placement.held(plan):
+                    return
+                # confirmed too late to be sure its queue was still leased
+                self._uncertain(what, "a confirm later than the grace period")
+                placement.forget(plan)
 
-    def _uncertain(self, what: str, error: BaseException) -> None:
+    def _uncertain(self, what: str, error: BaseException | str) -> None:
         self.uncertain_publishes += 1
         log.warning(
             "%s may have been placed before %r (uncertain publishes so far: %r); "
@@ -308,6 +390,7 @@ class DelayedPublisher:
             target_queue=target_queue,
             delay_exchange=self.delay_exchange,
             grace_ms=self.grace_ms,
+            topology=self.topology,
         )
 
     async def retry(

@@ -17,13 +17,19 @@ from aio_pika.abc import (
 )
 
 from ..core._backoff import Backoff, BackoffConfigError
+from ..core._ladder import QueueType
 from ..core._outcome import FailurePolicy
 from ..core._renames import UNSET, renamed
-from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS
+from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, TopologyName
 from ._expiry import ExpiryAction, dead_letter_or_park
 from ._policy import RetryPolicy
 from ._processing import Processing, name_of
-from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, CopyNotPlaced, DelayedPublisher
+from ._publisher import (
+    DEFAULT_CONFIRM_TIMEOUT_S,
+    DEFAULT_TOPOLOGY,
+    CopyNotPlaced,
+    DelayedPublisher,
+)
 from ._settle import Settling, requeue
 
 __all__ = ["Handler", "Retrier"]
@@ -53,6 +59,8 @@ class Retrier:
         on_expired: ExpiryAction = dead_letter_or_park,
         requeue_on_error: bool = False,
         publisher: DelayedPublisher | None = None,
+        topology: TopologyName = DEFAULT_TOPOLOGY,
+        queue_type: QueueType = "classic",
         delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
         grace_ms: int = DEFAULT_GRACE_MS,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
@@ -67,6 +75,8 @@ class Retrier:
         )
         self.publisher = publisher or DelayedPublisher(
             channel,
+            topology=topology,
+            queue_type=queue_type,
             delay_exchange=renamed(
                 "Retrier", "exchange", "delay_exchange", exchange, delay_exchange
             ),
@@ -79,6 +89,7 @@ class Retrier:
         self._consumers: list[tuple[AbstractQueue, ConsumerTag]] = []
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._declared = False
 
     def process(
         self,
@@ -175,6 +186,8 @@ class Retrier:
     ) -> ConsumerTag:
         """``queue.consume(self.wrap(handler, queue=queue, ...), **consume_kwargs)``.
 
+        The first call declares the delay topology (:meth:`DelayedPublisher.declare`),
+        so that a topology the broker cannot run fails here, with its reason.
         Returns the consumer tag (for ``queue.cancel``).
         """
         if consume_kwargs.get("no_ack"):
@@ -183,6 +196,9 @@ class Retrier:
                 f"{queue.name!r}: the broker has already forgotten them"
             )
             raise ValueError(msg)
+        if not self._declared:
+            await self.publisher.declare()
+            self._declared = True
         callback = self.wrap(
             handler,
             queue=queue,

@@ -30,13 +30,19 @@ from aio_pika.patterns.base import CallbackType, T
 from aio_pika.patterns.rpc import RPC, RPCMessageType
 
 from ..core._backoff import Backoff, BackoffConfigError
+from ..core._ladder import QueueType
 from ..core._outcome import FailurePolicy, Outcome, Reply, Settle
 from ..core._renames import UNSET, renamed
-from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, LeaseBook
+from ..core._topology import (
+    DEFAULT_DELAY_EXCHANGE,
+    DEFAULT_GRACE_MS,
+    LeaseBook,
+    TopologyName,
+)
 from ._expiry import ExpiryAction, dead_letter_or_park
 from ._failures import CopyNotPlaced, failure_outcome
 from ._policy import RetryPolicy
-from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DelayedPublisher
+from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_TOPOLOGY, DelayedPublisher
 from ._settle import Delivery, Settling, requeue
 
 __all__ = ["BackoffRPC"]
@@ -81,10 +87,11 @@ class BackoffRPC(RPC):
       ``retry_for`` errors and to a plain ``Backoff()`` raised by a method (a raised
       subclass keeps its own), as in :class:`~aio_backoff.RetryPolicy`.
     - ``retry_for``: exception classes retried as if ``backoff()`` had been raised.
-    - ``delay_exchange``, ``grace_ms``, ``lease_book``, ``confirm_timeout``: the
-      delay topology, as for :class:`~aio_backoff.DelayedPublisher`; or pass a
-      ``publisher`` to share one. ``backoff_exchange=`` is the deprecated name of
-      ``delay_exchange`` (``exchange=`` is aio-pika's RPC exchange, as before).
+    - ``topology``, ``queue_type``, ``delay_exchange``, ``grace_ms``,
+      ``lease_book``, ``confirm_timeout``: the delay topology, as for
+      :class:`~aio_backoff.DelayedPublisher`; or pass a ``publisher`` to share
+      one. ``backoff_exchange=`` is the deprecated name of ``delay_exchange``
+      (``exchange=`` is aio-pika's RPC exchange, as before).
     - ``failure_policy``: pauses and tries for copies that could not be placed
       (:class:`~aio_backoff.FailurePolicy`).
     - ``on_expired``: the final action for a call whose retries are spent, after
@@ -110,6 +117,8 @@ class BackoffRPC(RPC):
         *,
         backoff: type[Backoff] = Backoff,
         retry_for: Iterable[type[BaseException]] = (),
+        topology: TopologyName = DEFAULT_TOPOLOGY,
+        queue_type: QueueType = "classic",
         delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
         grace_ms: int = DEFAULT_GRACE_MS,
         lease_book: LeaseBook | None = None,
@@ -133,6 +142,8 @@ class BackoffRPC(RPC):
         self.publisher = (
             DelayedPublisher(
                 channel,
+                topology=topology,
+                queue_type=queue_type,
                 delay_exchange=delay_exchange,
                 grace_ms=grace_ms,
                 lease_book=lease_book,
@@ -145,6 +156,7 @@ class BackoffRPC(RPC):
         self.settling = Settling(failure_policy, publisher=self.publisher, logger=log)
         """Carries out the ack table's failures for the calls."""
         self.policies: dict[str, RetryPolicy] = {}
+        self._declared = False
         """routing key (= the method's queue) -> that method's policy"""
 
     @classmethod
@@ -155,6 +167,8 @@ class BackoffRPC(RPC):
         host_exceptions: bool | None = None,
         backoff: type[Backoff] = Backoff,
         retry_for: Iterable[type[BaseException]] = (),
+        topology: TopologyName = DEFAULT_TOPOLOGY,
+        queue_type: QueueType = "classic",
         delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
         grace_ms: int = DEFAULT_GRACE_MS,
         lease_book: LeaseBook | None = None,
@@ -170,6 +184,8 @@ class BackoffRPC(RPC):
             channel,
             backoff=backoff,
             retry_for=retry_for,
+            topology=topology,
+            queue_type=queue_type,
             delay_exchange=delay_exchange,
             grace_ms=grace_ms,
             lease_book=lease_book,
@@ -197,8 +213,12 @@ class BackoffRPC(RPC):
         """aio-pika's ``register``, with an optional per-method retry policy.
 
         ``backoff`` / ``retry_for`` / ``on_expired`` replace the instance's for this
-        method only.
+        method only. The first registration declares the delay topology
+        (:meth:`DelayedPublisher.declare`).
         """
+        if not self._declared:
+            await self.publisher.declare()
+            self._declared = True
         policy = self.policy.override(
             backoff=backoff, retry_for=retry_for, on_expired=on_expired
         )

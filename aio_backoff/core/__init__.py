@@ -1,11 +1,12 @@
 """The sans-IO core: every decision, no I/O.
 
 Schedules (``_schedule``: where the delay is computed), the ``Backoff`` exception
-(``_backoff``), the protocol headers (``_protocol``), the delay topology's names and
-arguments (``_topology``), the retry plan (``_plan``), the
-ack and failure table (``_outcome``) and nameko's wire format
-(:mod:`aio_backoff.core.nameko_wire`). Nothing here imports aio-pika, kombu or
-eventlet, so a nameko process can use all of it without loading aio-pika::
+(``_backoff``), the protocol headers (``_protocol``), the delay topologies' names,
+arguments and routing (``_topology`` with the per-delay queues, ``_ladder``,
+``_plugin``), the retry plan (``_plan``), the ack and failure table (``_outcome``)
+and nameko's wire format (:mod:`aio_backoff.core.nameko_wire`). Nothing here imports
+aio-pika, kombu or eventlet, so a nameko process can use all of it without loading
+aio-pika::
 
     python -c "import sys, aio_backoff.core; assert 'aio_pika' not in sys.modules"
 """
@@ -13,6 +14,7 @@ eventlet, so a nameko process can use all of it without loading aio-pika::
 from typing import Any
 
 from ._backoff import Backoff, BackoffConfigError, RetryFor, as_backoff, backoff_class
+from ._ladder import LADDER_LEVELS, MAX_LADDER_DELAY_MS, QUEUE_TYPES, Ladder, QueueType
 from ._outcome import (
     ACTIONS,
     Action,
@@ -25,6 +27,7 @@ from ._outcome import (
     decide,
 )
 from ._plan import RetryPlan, plan_retry
+from ._plugin import DelayedExchange
 from ._protocol import (
     DELAY_HEADER,
     KEPT_PROPERTIES,
@@ -56,8 +59,11 @@ from ._topology import (
     DEFAULT_DELAY_EXCHANGE,
     DEFAULT_GRACE_MS,
     MAX_DELAY_MS,
+    TOPOLOGIES,
     DelayQueue,
     LeaseBook,
+    TopologyName,
+    check_topology,
     delay_queue,
     delay_queue_name,
     parking_queue_name,
@@ -69,31 +75,40 @@ __all__ = [
     "DEFAULT_GRACE_MS",
     "DELAY_HEADER",
     "KEPT_PROPERTIES",
+    "LADDER_LEVELS",
     "LEGACY_DEATH_HEADER",
     "MAX_DELAY_MS",
+    "MAX_LADDER_DELAY_MS",
     "MAX_RETRIES",
     "PARKED_ERROR_HEADER",
     "PARKED_QUEUE_HEADER",
     "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
+    "QUEUE_TYPES",
     "RETRIES_HEADER",
+    "TOPOLOGIES",
     "Action",
     "Backoff",
     "BackoffConfigError",
     "CopyNotPlaced",
     "DelayQueue",
+    "DelayedExchange",
     "FailurePolicy",
+    "Ladder",
     "LeaseBook",
     "Outcome",
+    "QueueType",
     "Reply",
     "RetryFor",
     "RetryPlan",
     "Schedule",
     "Settle",
+    "TopologyName",
     "TransientTries",
     "as_backoff",
     "backoff_class",
     "capped",
+    "check_topology",
     "decide",
     "delay_queue",
     "delay_queue_name",

@@ -12,9 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._backoff import Backoff, BackoffConfigError
+from ._ladder import MAX_LADDER_DELAY_MS
 from ._protocol import MAX_RETRIES, delayed_headers, retries_done
 from ._renames import UNSET, renamed
-from ._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, DelayQueue
+from ._topology import (
+    DEFAULT_DELAY_EXCHANGE,
+    DEFAULT_GRACE_MS,
+    DelayQueue,
+    TopologyName,
+    check_topology,
+)
 
 __all__ = ["RetryPlan", "plan_retry"]
 
@@ -45,13 +52,26 @@ def _delay_queue(delay_ms: int, delay_exchange: str, grace_ms: int) -> DelayQueu
     return queue
 
 
+def _check_delay(delay: object) -> None:
+    """What ``DelayQueue`` checks, for the topologies without one."""
+    if type(delay) is not int or not 0 <= delay <= MAX_LADDER_DELAY_MS:
+        msg = (
+            f"a delay must be a whole number of ms from 0 to {MAX_LADDER_DELAY_MS}, "
+            f"got {delay!r}"
+        )
+        raise ValueError(msg)
+
+
 @dataclass(frozen=True)
 class RetryPlan:
-    """A delayed copy to publish: where, with which headers, for how long.
+    """A delayed copy to publish: for which queue, with which headers, how long.
 
-    Publish the body to ``delay_queue.delay_exchange`` with ``routing_key``,
-    ``headers`` and a per-message expiration of ``delay_ms``; the delay queue
-    dead-letters it back to the queue ``routing_key`` names.
+    With the ``"per-delay"`` topology, publish the body to
+    ``delay_queue.delay_exchange`` with ``routing_key``, ``headers`` and a
+    per-message expiration of ``delay_ms``; the delay queue dead-letters it back to
+    the queue ``routing_key`` names. The other topologies have no ``delay_queue``:
+    the ladder (:class:`~aio_backoff.core.Ladder`) or the plugin's exchange says
+    where the copy goes.
     """
 
     delay_ms: int
@@ -59,8 +79,10 @@ class RetryPlan:
     """1-based: this copy is retry number ``retry_number``."""
     limit: int | None
     routing_key: str
-    delay_queue: DelayQueue
+    """The target queue: where the copy comes back."""
+    delay_queue: DelayQueue | None
     headers: dict[str, Any]
+    topology: TopologyName = "per-delay"
 
     @property
     def expiration_ms(self) -> str:
@@ -75,6 +97,7 @@ def plan_retry(
     target_queue: str,
     delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
     grace_ms: int = DEFAULT_GRACE_MS,
+    topology: TopologyName = "per-delay",
     exchange: str = UNSET,
 ) -> RetryPlan:
     """Plan the next retry of a message that raised ``backoff``.
@@ -84,8 +107,9 @@ def plan_retry(
     cannot help) for anything else that stops the plan: an invalid policy or
     ``delay_ms``, a schedule that raises, an invalid grace period.
     ``target_queue`` is the queue the copy must come back to; ``delay_exchange``
-    and ``grace_ms`` name the delay topology (``exchange=`` is the deprecated name
-    of ``delay_exchange``).
+    and ``grace_ms`` name the per-delay topology (``exchange=`` is the deprecated
+    name of ``delay_exchange``); ``topology`` is where the copy will wait (see
+    :data:`~aio_backoff.core.TOPOLOGIES`).
     """
     delay_exchange = renamed(
         "plan_retry", "exchange", "delay_exchange", exchange, delay_exchange
@@ -96,10 +120,13 @@ def plan_retry(
             f"got {target_queue!r}"
         )
         raise ValueError(msg)
+    per_delay = check_topology(topology) == "per-delay"
     retries = retries_done(headers, delay_exchange)
     try:
         delay = backoff.compute_next(retries)
-        queue = _delay_queue(delay, delay_exchange, grace_ms)
+        queue = _delay_queue(delay, delay_exchange, grace_ms) if per_delay else None
+        if queue is None:
+            _check_delay(delay)
         limit = backoff.effective_limit()
     except (Backoff.Expired, BackoffConfigError):
         raise
@@ -116,5 +143,8 @@ def plan_retry(
         limit=limit,
         routing_key=target_queue,
         delay_queue=queue,
-        headers=delayed_headers(headers, delay_ms=delay, retries=following),
+        headers=delayed_headers(
+            headers, delay_ms=delay, retries=following, keep_deaths=per_delay
+        ),
+        topology=topology,
     )

@@ -412,19 +412,33 @@ def delayed_headers(
     *,
     delay_ms: int,
     retries: int,
+    keep_deaths: bool = True,
 ) -> dict[str, Any]:
     """The headers of a delayed copy: the original ones plus the protocol headers.
 
     Only what both client libraries can encode again is carried
     (:func:`encodable_headers`). A well-formed ``x-death`` is kept, so that on
     RabbitMQ 3.x an older nameko-amqp-retry service sharing the queue still sees
-    its count grow. ``retries`` is capped at :data:`MAX_RETRIES`.
+    its count grow; with ``keep_deaths=False`` (the ladder and the plugin, which
+    0.7.1 never reads) the broker's death headers are all dropped, so they do not
+    grow on every hop. ``retries`` is capped at :data:`MAX_RETRIES`.
     """
     result = encodable_headers(headers)
+    if not keep_deaths:
+        for key in [key for key in result if _is_death_header(key)]:
+            del result[key]
     result[DELAY_HEADER] = delay_ms
     result[RETRIES_HEADER] = min(retries, MAX_RETRIES)
     result[PROTOCOL_HEADER] = PROTOCOL_VERSION
     return result
+
+
+DEATH_HEADER_PREFIXES: Final = ("x-death", "x-first-death-", "x-last-death-")
+"""Headers the broker writes when it dead-letters a message."""
+
+
+def _is_death_header(key: str) -> bool:
+    return key.startswith(DEATH_HEADER_PREFIXES)
 
 
 def parked_headers(

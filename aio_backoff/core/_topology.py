@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._protocol import DELAY_HEADER
 from ._renames import UNSET, deprecated, renamed
@@ -22,12 +22,37 @@ __all__ = [
     "DEFAULT_DELAY_EXCHANGE",
     "DEFAULT_GRACE_MS",
     "MAX_DELAY_MS",
+    "TOPOLOGIES",
     "DelayQueue",
     "LeaseBook",
+    "TopologyName",
+    "check_topology",
     "delay_queue",
     "delay_queue_name",
     "parking_queue_name",
 ]
+
+TopologyName = Literal["ladder", "per-delay", "plugin"]
+TOPOLOGIES: Final[tuple[TopologyName, ...]] = ("ladder", "per-delay", "plugin")
+"""How delayed copies wait (docs/topology.md):
+
+- ``"per-delay"``: one classic queue per delay value, ``backoff--{N}ms``, renewed by
+  declaring it again (nameko-amqp-retry 0.7.1's; wire-compatible with it);
+- ``"ladder"``: a fixed set of 32 level queues, classic or quorum (:mod:`._ladder`);
+- ``"plugin"``: the delayed-message-exchange plugin's ``x-delayed-message`` exchange.
+"""
+
+
+def check_topology(topology: object) -> TopologyName:
+    """``topology`` if it names a topology; a ``ValueError`` saying which do."""
+    if topology not in TOPOLOGIES:
+        msg = (
+            f"topology must be one of 'ladder', 'per-delay' or 'plugin', got "
+            f"{topology!r} (docs/topology.md says which to pick)"
+        )
+        raise ValueError(msg)
+    return topology
+
 
 DEFAULT_DELAY_EXCHANGE: Final = "backoff"
 """The headers exchange delayed copies go through (nameko-amqp-retry's)."""
@@ -179,6 +204,19 @@ class LeaseBook:
             return True
         elapsed_ms = (self._clock() - last) * 1000
         return elapsed_ms >= queue.grace_ms / 2
+
+    def covers(self, queue: DelayQueue) -> bool:
+        """Whether a copy confirmed now is sure to have reached ``queue`` in time.
+
+        A copy that entered the queue less than ``grace_ms`` after our last declare
+        leaves it before the queue can expire; one confirmed later may have arrived
+        too late (a publish held up by flow control or a slow socket) and must be
+        published again after a fresh declare. Unknown queues are not covered.
+        """
+        last = self._declared_at.get((queue.delay_exchange, queue.name))
+        if last is None:
+            return False
+        return (self._clock() - last) * 1000 < queue.grace_ms
 
     def declared(self, queue: DelayQueue, at: float | None = None) -> None:
         """Record that ``queue`` was declared (at ``at``, or now)."""

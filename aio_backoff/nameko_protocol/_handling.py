@@ -149,7 +149,7 @@ class _Handling:
             Outcome.RETRY_PLACED,
             detail=(
                 f"retry #{plan.retry_number} of {limit} in {plan.delay_ms} ms via "
-                f"{plan.delay_queue.name!r} back to queue {delivery.queue!r}"
+                f"the {plan.topology} topology back to queue {delivery.queue!r}"
             ),
         )
 

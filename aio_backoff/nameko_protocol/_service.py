@@ -66,8 +66,9 @@ from ..aiopika._lifecycle import Lifecycle
 from ..aiopika._policy import RetryPolicy
 from ..aiopika._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DelayedPublisher
 from ..core._backoff import Backoff, RetryFor
+from ..core._ladder import QueueType
 from ..core._outcome import DEFAULT_FAILURE_POLICY, FailurePolicy, Outcome
-from ..core._topology import DEFAULT_DELAY_EXCHANGE
+from ..core._topology import DEFAULT_DELAY_EXCHANGE, TopologyName, check_topology
 from ..core.nameko_wire import (
     PARENT_CALLS_TRACKED,
     RPC_EXCHANGE,
@@ -103,6 +104,10 @@ class NamekoService(Lifecycle):
       nameko's ``max_workers``.
     - ``rpc_exchange``, ``delay_exchange``: the ``nameko-rpc`` and ``backoff``
       exchanges unless a deployment renamed them.
+    - ``topology``, ``queue_type``: where delayed copies wait, as for
+      :class:`~aio_backoff.DelayedPublisher`. The default is ``"per-delay"``,
+      nameko-amqp-retry's, so that 0.7.1 services sharing the queues keep
+      counting; pick ``"ladder"`` once none is left (docs/topology.md).
     - ``shutdown_timeout``: seconds :meth:`stop` waits for handlers to finish
       before cancelling them (their messages go back to their queues).
     - ``failure_policy``: how long a copy that could not be placed for a
@@ -131,6 +136,8 @@ class NamekoService(Lifecycle):
         max_workers: int = 10,
         rpc_exchange: str = RPC_EXCHANGE,
         delay_exchange: str = DEFAULT_DELAY_EXCHANGE,
+        topology: TopologyName = "per-delay",
+        queue_type: QueueType = "classic",
         parent_calls_tracked: int = PARENT_CALLS_TRACKED,
         shutdown_timeout: float | None = 30.0,
         failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY,
@@ -143,6 +150,8 @@ class NamekoService(Lifecycle):
         self.max_workers = max_workers
         self.rpc_exchange = rpc_exchange
         self.delay_exchange = delay_exchange
+        self.topology: TopologyName = check_topology(topology)
+        self.queue_type: QueueType = queue_type
         self.parent_calls_tracked = parent_calls_tracked
         self.shutdown_timeout = shutdown_timeout
         self.failure_policy = failure_policy
@@ -280,9 +289,12 @@ class NamekoService(Lifecycle):
             channel = await self._consumer.open()
             self._publisher = DelayedPublisher(
                 channel,
+                topology=self.topology,
+                queue_type=self.queue_type,
                 delay_exchange=self.delay_exchange,
                 confirm_timeout=self.confirm_timeout,
             )
+            await self._publisher.declare()
             self._settler.start(self._publisher)
             await self._replies.start()
             if self._rpcs:

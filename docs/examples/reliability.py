@@ -67,6 +67,7 @@ async def refused_copy_is_parked_once(channel: aio_pika.abc.AbstractChannel) -> 
     retrier = Retrier(
         channel,
         backoff=UpstreamDown,
+        topology="per-delay",  # the queues nameko-amqp-retry 0.7.1 declares
         delay_exchange=exchange,
         failure_policy=FailurePolicy(max_transient_tries=3, first_pause_s=0.5),
     )

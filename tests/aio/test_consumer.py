@@ -16,6 +16,7 @@ from aio_backoff import (
     RETRIES_HEADER,
     Backoff,
     DelayedPublisher,
+    Ladder,
     Retrier,
     RetryPlan,
     RetryPolicy,
@@ -218,8 +219,14 @@ async def test_two_consumers_on_different_queues(
 
     assert [call.message.body for call in first.calls] == [b"one"] * 3
     assert [call.message.body for call in second.calls] == [b"two"] * 2
-    assert {call.message.routing_key for call in first.calls} == {target.name}
-    assert {call.message.routing_key for call in second.calls} == {other.name}
+    # the originals came straight; the copies through the ladder, whose routing
+    # key ends with the queue it delivers to
+    assert first.calls[0].message.routing_key == target.name
+    assert second.calls[0].message.routing_key == other.name
+    copies = [call.message.routing_key or "" for call in first.calls[1:]]
+    assert {Ladder.parse_routing_key(key)[1] for key in copies} == {target.name}
+    key = second.calls[1].message.routing_key or ""
+    assert Ladder.parse_routing_key(key) == (10, other.name)
 
 
 async def test_retry_for_turns_errors_into_the_policy(
@@ -311,7 +318,7 @@ async def test_count_survives_when_x_death_is_dropped(
 ) -> None:
     retrier = make_retrier(
         backoff=fast_backoff(schedule=(10,), limit=3),
-        publisher=StrippingPublisher(channel),
+        publisher=StrippingPublisher(channel, topology="per-delay"),
         on_expired=drop,
     )
     recorder = Recorder()

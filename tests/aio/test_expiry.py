@@ -324,7 +324,7 @@ async def test_unplaceable_copy_is_parked_with_its_reason(
 ) -> None:
     """A refused copy is permanent: parked at once with the reason, one ERROR line."""
     parking = declared.queue(f"{target.name}.parked")
-    retrier = make_retrier(delay_exchange=conflicting_exchange)
+    retrier = make_retrier(delay_exchange=conflicting_exchange, topology="per-delay")
     await publish(channel, target.name, message_id="m-7")
     message = await get_one(target)
 
@@ -355,7 +355,7 @@ async def test_unplaceable_copy_after_the_handler_acked(
     make_retrier: Any,
     conflicting_exchange: str,
 ) -> None:
-    retrier = make_retrier(delay_exchange=conflicting_exchange)
+    retrier = make_retrier(delay_exchange=conflicting_exchange, topology="per-delay")
     await publish(channel, target.name)
     message = await get_one(target)
 
@@ -381,7 +381,7 @@ async def test_unplaceable_copy_with_the_consume_wrapper(
     parking = await channel.declare_queue(
         declared.queue(f"{target.name}.parked"), durable=True
     )
-    retrier = make_retrier(delay_exchange=conflicting_exchange)
+    retrier = make_retrier(delay_exchange=conflicting_exchange, topology="per-delay")
     recorder = Recorder()
     with caplog.at_level(logging.ERROR, logger="aio_backoff"):
         await retrier.consume(target, handler_failing(recorder, times=1))

@@ -241,7 +241,10 @@ async def test_a_refusing_delay_queue_is_retried_slowly_then_parked(
     )
     await refusing.bind(exchange, arguments=queue.binding_arguments)
     retrier = make_retrier(
-        delay_exchange=delay_exchange, grace_ms=grace, failure_policy=SLOW_FAILURES
+        delay_exchange=delay_exchange,
+        grace_ms=grace,
+        failure_policy=SLOW_FAILURES,
+        topology="per-delay",
     )
     retrier.publisher.lease_book.declared(queue)
     recorder = await consume(retrier, target, times=10, delay_ms=own_delay)
@@ -265,7 +268,7 @@ async def test_a_delay_queue_declared_elsewhere_with_another_grace_parks_once(
 ) -> None:
     other = delay_queue(own_delay, delay_exchange=delay_exchange, grace_ms=7777)
     await channel.declare_queue(other.name, durable=True, arguments=other.arguments)
-    retrier = make_retrier(delay_exchange=delay_exchange)
+    retrier = make_retrier(delay_exchange=delay_exchange, topology="per-delay")
     recorder = await consume(retrier, target, times=10, delay_ms=own_delay)
     await publish(channel, target.name)
     parked = await get_one(parking)
@@ -321,6 +324,7 @@ async def test_access_refused_parks_once(
             await limited.channel(),
             backoff=fast_backoff(),
             delay_exchange=f"forbidden.{uuid.uuid4().hex[:8]}",
+            topology="per-delay",
         )
         recorder = await consume(
             retrier, await (await limited.channel()).get_queue(target.name), times=10

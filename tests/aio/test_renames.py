@@ -30,7 +30,7 @@ async def test_delayed_publisher_exchange_keyword_warns_and_still_works(
     channel: AbstractChannel,
 ) -> None:
     with pytest.warns(DeprecationWarning, match=r"DelayedPublisher\(delay_exchange="):
-        publisher = DelayedPublisher(channel, exchange="retries")
+        publisher = DelayedPublisher(channel, exchange="retries", topology="per-delay")
     try:
         assert publisher.delay_exchange == "retries"
         with pytest.warns(DeprecationWarning, match=r"Publisher\.delay_exchange"):
@@ -41,11 +41,13 @@ async def test_delayed_publisher_exchange_keyword_warns_and_still_works(
 
 
 def retrier(channel: AbstractChannel) -> DelayedPublisher:
-    return Retrier(channel, exchange="retries").publisher
+    return Retrier(channel, exchange="retries", topology="per-delay").publisher
 
 
 def backoff_rpc(channel: AbstractChannel) -> DelayedPublisher:
-    return BackoffRPC(channel, backoff_exchange="retries").publisher
+    return BackoffRPC(
+        channel, backoff_exchange="retries", topology="per-delay"
+    ).publisher
 
 
 @pytest.mark.parametrize(

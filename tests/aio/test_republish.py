@@ -48,7 +48,7 @@ class Clock:
 
 @pytest.fixture
 async def publisher(channel: AbstractChannel) -> Any:
-    made = DelayedPublisher(channel)
+    made = DelayedPublisher(channel, topology="per-delay")
     yield made
     await made.close()
 
@@ -208,7 +208,9 @@ async def test_deleted_delay_queue_is_declared_again_when_the_copy_returns(
     target: AbstractQueue,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=Clock()))
+    publisher = DelayedPublisher(
+        channel, topology="per-delay", lease_book=LeaseBook(clock=Clock())
+    )
     queue = delay_queue(23)
 
     async def delete_it() -> None:  # as if it had expired; the lease looks fresh
@@ -229,7 +231,7 @@ async def test_expired_delay_queue_is_declared_again_when_the_copy_returns(
 ) -> None:
     clock = Clock()  # never moves: the publisher believes its lease is fresh
     publisher = DelayedPublisher(
-        channel, grace_ms=150, lease_book=LeaseBook(clock=clock)
+        channel, topology="per-delay", grace_ms=150, lease_book=LeaseBook(clock=clock)
     )
 
     async def let_it_expire() -> None:  # x-expires = 31 + 150 ms: the broker deletes it
@@ -247,7 +249,9 @@ async def test_lease_older_than_half_the_grace_is_renewed_before_publishing(
     channel: AbstractChannel, target: AbstractQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
-    publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=clock))
+    publisher = DelayedPublisher(
+        channel, topology="per-delay", lease_book=LeaseBook(clock=clock)
+    )
 
     async def delete_it_and_age_the_lease() -> None:
         await channel.queue_delete(delay_queue(29).name)
@@ -269,7 +273,7 @@ async def test_lease_older_than_half_the_grace_is_renewed_before_publishing(
 async def test_a_closed_publisher_with_a_fresh_lease_opens_its_channel_again(
     channel: AbstractChannel, target: AbstractQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
-    publisher = DelayedPublisher(channel)
+    publisher = DelayedPublisher(channel, topology="per-delay")
 
     async def close_it() -> None:
         await publisher.close()
@@ -302,7 +306,7 @@ async def test_a_lease_is_dated_from_before_its_declare(
     channel: AbstractChannel, target: AbstractQueue
 ) -> None:
     book = SlowDeclares()
-    publisher = DelayedPublisher(channel, lease_book=book)
+    publisher = DelayedPublisher(channel, topology="per-delay", lease_book=book)
     await publish(channel, target.name)
     original = await get_one(target)
     try:
@@ -321,7 +325,9 @@ async def test_copies_sharing_a_message_id_are_all_placed(
     channel: AbstractChannel, target: AbstractQueue
 ) -> None:
     clock = Clock()
-    publisher = DelayedPublisher(channel, lease_book=LeaseBook(clock=clock))
+    publisher = DelayedPublisher(
+        channel, topology="per-delay", lease_book=LeaseBook(clock=clock)
+    )
     queue = delay_queue(37)
     policy = fast_backoff(schedule=(37,))
     for body in (b"a", b"b", b"c"):
@@ -378,7 +384,7 @@ async def test_returned_again_after_a_fresh_declare_is_not_placed(
 ) -> None:
     exchange = declared.exchange(unique_name("exchange"))
     await channel.declare_exchange(exchange, "headers", durable=True)
-    publisher = DelayedPublisher(channel, delay_exchange=exchange)
+    publisher = DelayedPublisher(channel, topology="per-delay", delay_exchange=exchange)
 
     async def no_declare(*_: Any) -> None:
         return None  # the delay queue is never there: every copy comes back
@@ -403,7 +409,7 @@ async def test_missing_exchange_is_declared_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     exchange = declared.exchange(unique_name("exchange"))
-    publisher = DelayedPublisher(channel, delay_exchange=exchange)
+    publisher = DelayedPublisher(channel, topology="per-delay", delay_exchange=exchange)
     await publish(channel, target.name)
     original = await get_one(target)
     await publisher.retry(original, TEN_MS(), target_queue=target.name)
@@ -444,7 +450,7 @@ async def test_nacked_copy_is_not_placed(
         arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
     )
     await rejecting.bind(exchange, arguments={"backoff": 10, "x-match": "any"})
-    publisher = DelayedPublisher(channel, delay_exchange=exchange)
+    publisher = DelayedPublisher(channel, topology="per-delay", delay_exchange=exchange)
     await publish(channel, target.name)
     original = await get_one(target)
 
@@ -465,7 +471,7 @@ async def test_declare_error_spares_the_consuming_channel(
 ) -> None:
     exchange = declared.exchange(unique_name("exchange"))
     await channel.declare_exchange(exchange, "direct")  # not a headers exchange
-    publisher = DelayedPublisher(channel, delay_exchange=exchange)
+    publisher = DelayedPublisher(channel, topology="per-delay", delay_exchange=exchange)
     await publish(channel, target.name)
     original = await get_one(target)
 
@@ -573,7 +579,7 @@ async def test_channel_closed_under_a_publish_is_reopened_and_the_copy_placed(
     target: AbstractQueue,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    publisher = DelayedPublisher(channel)
+    publisher = DelayedPublisher(channel, topology="per-delay")
     close_its_channel_once(publisher)
     await publish(channel, target.name, b"one")
     with caplog.at_level(logging.WARNING, logger="aio_backoff"):

@@ -489,7 +489,9 @@ async def test_unplaceable_copy_puts_the_call_back_on_its_queue(
     clash = declared.exchange(unique_name("clash"))
     parking = declared.queue(f"{method_name}.parked")
     await channel.declare_exchange(clash, aio_pika.ExchangeType.DIRECT)
-    server = await make_rpc(BackoffRPC, backoff=Fast, delay_exchange=clash)
+    server = await make_rpc(
+        BackoffRPC, backoff=Fast, delay_exchange=clash, topology="per-delay"
+    )
     caller = await make_rpc(RPC)
     method = Flaky(1, Fast)
     await server.register(method_name, method, auto_delete=True)
@@ -509,6 +511,9 @@ async def test_failed_publish_puts_the_call_back_on_its_queue(
     """A transient failure (here: no channel to publish on, once) sends the call
     back to its queue after a pause; it runs again and is answered."""
     server = await make_rpc(BackoffRPC, backoff=Fast)
+    caller = await make_rpc(RPC)
+    method = Flaky(1, Fast)
+    await server.register(method_name, method, auto_delete=True)
     connection = server.publisher.connection
     opens = connection.channel
 
@@ -517,9 +522,6 @@ async def test_failed_publish_puts_the_call_back_on_its_queue(
         raise ConnectionError("no connection just now")
 
     connection.channel = broken_once  # type: ignore[method-assign]
-    caller = await make_rpc(RPC)
-    method = Flaky(1, Fast)
-    await server.register(method_name, method, auto_delete=True)
 
     assert await caller.call(method_name, {"x": 1}) == {"answer": 2, "attempts": 2}
     assert any("goes back to queue" in r.getMessage() for r in caplog.records)

@@ -47,7 +47,9 @@ async def test_consume_backs_off_then_succeeds_or_expires(
 ) -> None:
     ok, doomed = ok_and_doomed()
     aio = AioSide()
-    retrier = Retrier(channel, backoff=Fast, on_expired=aio.on_expired)
+    retrier = Retrier(
+        channel, backoff=Fast, on_expired=aio.on_expired, topology="per-delay"
+    )
     if consumer == "nameko":
         queue_name = nameko_side.jobs_queue
         records = nameko_side.report.for_key
@@ -80,7 +82,9 @@ async def test_one_queue_two_stacks_one_continuous_count(
     """A nameko_bridge service and an asyncio Retrier consume the same queue; the
     broker hands each delivery to either, and the count carries across."""
     aio = AioSide(backoff=Shared)
-    retrier = Retrier(channel, backoff=Shared, on_expired=aio.on_expired)
+    retrier = Retrier(
+        channel, backoff=Shared, on_expired=aio.on_expired, topology="per-delay"
+    )
     queue = await channel.declare_queue(nameko_side.shared_queue, durable=True)
     tag = await retrier.consume(queue, aio.consume)
     report = nameko_side.report

@@ -93,7 +93,9 @@ async def test_our_count_reaches_the_limit_while_x_death_stays_at_1(
         await park(message)
         expired.append(message)
 
-    retrier = Retrier(channel, backoff=Fast, on_expired=on_expired)
+    retrier = Retrier(
+        channel, backoff=Fast, on_expired=on_expired, topology="per-delay"
+    )
     try:
         await retrier.consume(queue, handle)
         await channel.default_exchange.publish(

@@ -1,4 +1,8 @@
-"""Declaring delay queues when their lease is due (:class:`~aio_backoff.LeaseBook`)."""
+"""The per-delay topology: one queue per delay, declared when its lease is due.
+
+nameko-amqp-retry 0.7.1's: a headers exchange and ``backoff--{N}ms`` queues that
+expire ``grace_ms`` after their last declare (:class:`~aio_backoff.LeaseBook`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import asyncio
 import logging
 
 import aiormq.abc
+from pamqp.commands import Basic
 
+from ..core._plan import RetryPlan
 from ..core._topology import DelayQueue, LeaseBook
 
-__all__ = ["DelayQueueLeases"]
+__all__ = ["DelayQueueLeases", "PerDelay"]
 
 log = logging.getLogger("aio_backoff").getChild("republish")
 
@@ -63,3 +69,52 @@ class DelayQueueLeases:
             queue.delay_exchange,
             queue.arguments["x-expires"],
         )
+
+
+def _queue(plan: RetryPlan) -> DelayQueue:
+    queue = plan.delay_queue
+    if queue is None:  # pragma: no cover - plan_retry gives every per-delay plan one
+        msg = f"a {plan.topology!r} plan has no delay queue"
+        raise ValueError(msg)
+    return queue
+
+
+class PerDelay:
+    """The :class:`~aio_backoff.aiopika._placement.Placement` of ``"per-delay"``."""
+
+    mandatory = True
+
+    def __init__(self, book: LeaseBook | None = None) -> None:
+        self.leases = DelayQueueLeases(book)
+
+    def describe(self, plan: RetryPlan) -> str:
+        queue = _queue(plan)
+        return f"via exchange {queue.delay_exchange!r} and delay queue {queue.name!r}"
+
+    async def declare(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Nothing: each delay queue is declared with its first copy."""
+
+    async def prepare(
+        self, channel: aiormq.abc.AbstractChannel, plan: RetryPlan, *, force: bool
+    ) -> None:
+        queue = _queue(plan)
+        if force or self.leases.due(queue):
+            await self.leases.renew(channel, queue, force=force)
+
+    def address(self, plan: RetryPlan) -> tuple[str, str]:
+        return _queue(plan).delay_exchange, plan.routing_key
+
+    def properties(
+        self, properties: Basic.Properties, plan: RetryPlan
+    ) -> Basic.Properties:
+        properties.expiration = plan.expiration_ms
+        return properties
+
+    def held(self, plan: RetryPlan) -> bool:
+        """Whether the copy reached its queue within ``grace_ms`` of our last
+        declare (the confirm came by then): otherwise the queue may have expired
+        with the copy in it."""
+        return self.leases.book.covers(_queue(plan))
+
+    def forget(self, plan: RetryPlan) -> None:
+        self.leases.forget(_queue(plan))

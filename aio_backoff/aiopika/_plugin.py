@@ -1,0 +1,129 @@
+"""The plugin topology on aio-pika: an ``x-delayed-message`` exchange.
+
+The exchange (:class:`aio_backoff.core.DelayedExchange`) is declared once; each
+target queue is bound to it by its own name before its first copy (and again every
+``rebind_s`` seconds). A broker older than the plugin's last release gets a clear
+error before anything is declared; a broker without the plugin answers the declare
+by closing the connection, and gets the same kind of error.
+
+``x-delay`` is a decimal string (:func:`aio_backoff.core._plugin.x_delay` says why).
+
+The plugin does not support ``mandatory`` (it routes a copy only when its delay is
+over), so copies are published without it: a copy whose target queue is gone by
+then is dropped by the broker, not returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiormq.abc
+from pamqp.commands import Basic
+
+from ..core._outcome import CopyNotPlaced
+from ..core._plan import RetryPlan
+from ..core._plugin import (
+    DELAYED_EXCHANGE_TYPE,
+    PLUGIN_DELAY_HEADER,
+    DelayedExchange,
+    plugin_missing,
+    plugin_unsupported,
+    x_delay,
+)
+from ._ladder import DEFAULT_REBIND_S
+
+__all__ = ["PluginPlacement"]
+
+log = logging.getLogger("aio_backoff").getChild("republish")
+
+
+def _server_version(channel: aiormq.abc.AbstractChannel) -> str | None:
+    properties = getattr(channel.connection, "server_properties", None) or {}
+    version = properties.get("version")
+    if isinstance(version, bytes):
+        version = version.decode(errors="replace")
+    return version if isinstance(version, str) else None
+
+
+class PluginPlacement:
+    """The :class:`~aio_backoff.aiopika._placement.Placement` of ``"plugin"``."""
+
+    mandatory = False
+
+    def __init__(
+        self,
+        delay_exchange: str,
+        *,
+        rebind_s: float = DEFAULT_REBIND_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.exchange = DelayedExchange(delay_exchange)
+        self.rebind_s = rebind_s
+        self._clock = clock
+        self._declared = False
+        self._declaring = asyncio.Lock()
+        self._bound_at: dict[str, float] = {}
+
+    def describe(self, plan: RetryPlan) -> str:
+        return f"via the delayed-message exchange {self.exchange.name!r}"
+
+    async def declare(self, channel: aiormq.abc.AbstractChannel) -> None:
+        async with self._declaring:
+            version = _server_version(channel)
+            unsupported = plugin_unsupported(version)
+            if unsupported is not None:
+                raise CopyNotPlaced(unsupported, permanent=True)
+            try:
+                await channel.exchange_declare(
+                    self.exchange.name,
+                    exchange_type=DELAYED_EXCHANGE_TYPE,
+                    durable=True,
+                    arguments=self.exchange.arguments,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if "exchange type" not in str(error):
+                    raise
+                # the broker closed the whole connection; the next channel reopens it
+                raise CopyNotPlaced(
+                    plugin_missing(version, error), permanent=True
+                ) from error
+            self._declared = True
+
+    async def prepare(
+        self, channel: aiormq.abc.AbstractChannel, plan: RetryPlan, *, force: bool
+    ) -> None:
+        if force or not self._declared:
+            await self.declare(channel)
+        target = plan.routing_key
+        bound_at = self._bound_at.get(target)
+        if force or bound_at is None or self._clock() - bound_at >= self.rebind_s:
+            started = self._clock()
+            await channel.queue_bind(
+                target, self.exchange.name, self.exchange.routing_key(target)
+            )
+            self._bound_at[target] = started
+
+    def address(self, plan: RetryPlan) -> tuple[str, str]:
+        return self.exchange.name, self.exchange.routing_key(plan.routing_key)
+
+    def properties(
+        self, properties: Basic.Properties, plan: RetryPlan
+    ) -> Basic.Properties:
+        properties.expiration = None
+        properties.delivery_mode = 2  # persistent
+        headers = dict(properties.headers or {})
+        headers[PLUGIN_DELAY_HEADER] = x_delay(plan.delay_ms)
+        properties.headers = headers
+        return properties
+
+    def held(self, plan: RetryPlan) -> bool:
+        return True
+
+    def forget(self, plan: RetryPlan) -> None:
+        self._declared = False
+        self._bound_at.pop(plan.routing_key, None)
