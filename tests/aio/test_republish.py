@@ -596,3 +596,43 @@ async def test_channel_closed_under_a_publish_is_reopened_and_the_copy_placed(
     assert copy.headers[RETRIES_HEADER] == 1
     [warning] = retried_warnings(caplog)
     assert "channel closed" in warning
+
+
+async def test_a_copy_confirmed_after_the_grace_period_is_placed_once_more(
+    channel: AbstractChannel, target: AbstractQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lease was fresh when the publish began, but the publish took longer than
+    the grace period (flow control, a slow socket): the queue may have expired with
+    the copy in it, so the copy is declared and published again (a duplicate, not a
+    loss)."""
+    clock = Clock()
+    publisher = DelayedPublisher(
+        channel, topology="per-delay", lease_book=LeaseBook(clock=clock)
+    )
+    placement = publisher.placement
+    address = placement.address
+    stalls = [5.0]  # the first publish after the lease check takes a grace period
+
+    def stalled_address(plan: Any) -> tuple[str, str]:
+        if stalls:
+            clock.now += stalls.pop()
+        return address(plan)
+
+    policy = fast_backoff(schedule=(43,))
+    try:
+        await publish(channel, target.name, b"slow")
+        original = await get_one(target)
+        placement.address = stalled_address  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="aio_backoff"):
+            await publisher.retry(original, policy(), target_queue=target.name)
+        await original.ack()
+        first, second = await get_one(target), await get_one(target)
+        await first.ack()
+        await second.ack()
+    finally:
+        await publisher.close()
+
+    assert first.body == second.body == b"slow"
+    assert publisher.uncertain_publishes == 1
+    assert any("later than the grace period" in r.getMessage() for r in caplog.records)
+    assert publisher.lease_book.covers(delay_queue(43))  # declared again since

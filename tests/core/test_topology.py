@@ -204,3 +204,17 @@ def test_the_default_clock_is_monotonic() -> None:
     assert not book.needs_declare(queue)
     book.declared(queue, at=before - DEFAULT_GRACE_MS / 2000)
     assert book.needs_declare(queue)
+
+
+def test_a_lease_covers_a_copy_confirmed_within_the_grace_period() -> None:
+    now = [100.0]
+    book = LeaseBook(clock=lambda: now[0])
+    queue = DelayQueue(50, grace_ms=1000)
+    assert not book.covers(queue)  # never declared: not covered
+    book.declared(queue)
+    now[0] += 0.999
+    assert book.covers(queue)
+    now[0] += 0.001  # a full grace period since the declare began
+    assert not book.covers(queue)
+    book.forget(queue)
+    assert not book.covers(queue)

@@ -20,7 +20,7 @@ from nameko.testing.utils import get_extension
 
 import aio_backoff
 import nameko_bridge.backoff
-from aio_backoff import DelayQueue, plan_retry, retries_done
+from aio_backoff import DelayQueue, LeaseBook, plan_retry, retries_done
 from nameko_bridge import Backoff, BackoffPublisher, CopyNotPlaced
 from nameko_bridge.backoff import get_backoff_queue_name
 from nameko_bridge.constants import CALL_ID_STACK_HEADER_KEY
@@ -238,6 +238,49 @@ class TestTopology:
             publish_message(exchange, "msg", routing_key=queue.routing_key)
         assert declared_queues.count("backoff--20ms") == 1
         assert backoff_count == 3
+
+    def test_a_copy_confirmed_after_the_grace_period_is_placed_once_more(
+        self, start_service, publish_message, exchange, queue, declared_queues, caplog
+    ):
+        """The lease was fresh when the publish began, but its confirm came more
+        than the grace period later: the queue may have expired with the copy in
+        it, so the copy is declared and published again (a duplicate, no loss)."""
+        handled: list[str] = []
+
+        class Service:
+            name = "service"
+
+            @consume(queue)
+            def method(self, payload):
+                handled.append(payload)
+                if len(handled) == 1:
+                    raise dynamic_backoff(20)()
+
+        container = start_service(Service)
+        publisher = get_extension(container, BackoffPublisher)
+        now = [1000.0]
+        publisher.lease_book = LeaseBook(clock=lambda: now[0])
+        publish = publisher._publish_confirmed
+        stalls = [6.0]  # longer than the 5 s grace
+
+        def stalled(*args, **kwargs):
+            publish(*args, **kwargs)
+            if stalls:
+                now[0] += stalls.pop()
+
+        def twice_more(worker_ctx, result, exc_info):
+            return len(handled) == 3
+
+        with (
+            patch.object(publisher, "_publish_confirmed", stalled),
+            caplog.at_level(logging.WARNING, logger="nameko_bridge"),
+            entrypoint_waiter(container, "method", callback=twice_more),
+        ):
+            publish_message(exchange, "once", routing_key=queue.routing_key)
+
+        assert handled == ["once"] * 3  # the original, then the copy twice
+        assert declared_queues.count("backoff--20ms") == 2  # declared again
+        assert "confirmed too late" in caplog.text
 
     def test_concurrent_first_retries_do_not_race_the_declare(
         self,
