@@ -83,6 +83,7 @@ if TYPE_CHECKING:
         EXPIRED_ERROR_TYPE,
         BackoffJsonRPC,
         BackoffRPC,
+        BrokerReport,
         DelayedPublisher,
         ExpiredMessage,
         ExpiryAction,
@@ -94,6 +95,7 @@ if TYPE_CHECKING:
         dead_letter_or_park,
         drop,
         park,
+        verify,
     )
     from .nameko_protocol import (
         CallContext,
@@ -109,6 +111,7 @@ _LAZY = {
             "EXPIRED_ERROR_TYPE",
             "BackoffJsonRPC",
             "BackoffRPC",
+            "BrokerReport",
             "DelayedPublisher",
             "ExpiredMessage",
             "ExpiryAction",
@@ -120,6 +123,7 @@ _LAZY = {
             "dead_letter_or_park",
             "drop",
             "park",
+            "verify",
         ),
         ".aiopika",
     ),
@@ -169,6 +173,7 @@ __all__ = [
     "BackoffConfigError",
     "BackoffJsonRPC",
     "BackoffRPC",
+    "BrokerReport",
     "CallContext",
     "CopyNotPlaced",
     "DelayQueue",
@@ -224,4 +229,5 @@ __all__ = [
     "round_to_nearest",
     "rpc_queue_name",
     "sequence",
+    "verify",
 ]

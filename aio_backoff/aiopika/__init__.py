@@ -7,6 +7,8 @@ actions on expiry are in ``_expiry``; carrying out the ack table's failures (kee
 requeue after a pause, the per-message tries, the log line) in ``_settle``, and
 which row of it a failure is in ``_failures``. aio-pika's RPC pattern with backoff:
 ``BackoffRPC`` in ``_rpc``, ``BackoffJsonRPC`` and its error replies in ``_jsonrpc``.
+Where a copy waits: one placement per topology (``_placement``): ``_per_delay``,
+``_ladder``, ``_plugin``; ``verify`` (``_verify``) asks a broker which it can run.
 """
 
 from ._expiry import (
@@ -22,11 +24,13 @@ from ._policy import RetryPolicy
 from ._publisher import CopyNotPlaced, DelayedPublisher
 from ._retrier import Handler, Retrier
 from ._rpc import BackoffRPC
+from ._verify import BrokerReport, verify
 
 __all__ = [
     "EXPIRED_ERROR_TYPE",
     "BackoffJsonRPC",
     "BackoffRPC",
+    "BrokerReport",
     "CopyNotPlaced",
     "DelayedPublisher",
     "ExpiredMessage",
@@ -39,4 +43,5 @@ __all__ = [
     "dead_letter_or_park",
     "drop",
     "park",
+    "verify",
 ]
