@@ -83,7 +83,6 @@ die() {
     printf '[faultbroker %s] ERROR: %s\n' "$version" "$*" >&2
     exit 1
 }
-elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (it runs the node as the rabbitmq user)"
 
@@ -161,34 +160,14 @@ EOF
 
 # --- probes -------------------------------------------------------------------
 
-# The node's Erlang VM, from its pid file, if it runs (a zombie does not count).
-node_pid() {
-    local pid state
-    pid=$(cat "$HOST_STATE/node.pid" 2>/dev/null) || return 0
-    [[ $pid =~ ^[0-9]+$ ]] || return 0
-    state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 0
-    [[ $state == Z* ]] && return 0
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = beam.smp ] || return 0
-    echo "$pid"
-}
-
-launcher_pid() {
-    local pid
-    pid=$(cat "$LAUNCHER_PID_FILE" 2>/dev/null) || return 0
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
-    return 0
-}
-
+# shellcheck source=lib/process.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/process.sh"
 # shellcheck source=lib/probes.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/probes.sh"
 
-wait_gone() { # pid seconds
-    local deadline=$((SECONDS + $2))
-    while kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z ]; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
+# The node's Erlang VM, from its pid file, if it runs.
+node_pid() { beam_pid_from "$HOST_STATE/node.pid"; }
+launcher_pid() { live_pid_from "$LAUNCHER_PID_FILE"; }
 
 # --- subcommands ----------------------------------------------------------------
 

@@ -7,6 +7,9 @@
 #   4. the fault suite (tests/faults) on a node of its own per version
 #      (scripts/faultbroker.sh: 3.10 on 5690, 4.x on 5691), stopped afterwards even
 #      when a stage fails; its table goes to build/faults-<version>.md
+#   5. the cluster suite (tests/cluster, pytest -m cluster) on a three-node cluster
+#      of the host's RabbitMQ 3.10 (scripts/cluster.sh, AMQP 5681-5683), stopped
+#      afterwards even when it fails; its figures go to build/cluster-per-delay.md
 # Branch coverage of each package is combined over all runs and must be >= 95%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +58,11 @@ stop_fault_nodes() {
     scripts/faultbroker.sh stop --version "$version" || true
   done
 }
-trap stop_fault_nodes EXIT
+cluster_started=0
+stop_cluster() {
+  if ((cluster_started)); then scripts/cluster.sh stop || true; fi
+}
+trap 'stop_fault_nodes; stop_cluster' EXIT
 fault_tests() {  # broker version: 3 or 4
   local rc=0
   fault_nodes+=("$1")
@@ -63,6 +70,17 @@ fault_tests() {  # broker version: 3 or 4
     FAULTBROKER_VERSION=$1 $bin/coverage run -m pytest -p no:pytest_eventlet \
       -p no:pytest_nameko tests/faults || rc=1
   scripts/faultbroker.sh stop --version "$1" || true
+  return $rc
+}
+
+cluster_tests() {
+  local rc=0
+  cluster_started=1
+  scripts/cluster.sh start &&
+    AIO_BACKOFF_CLUSTER=1 $bin/coverage run -m pytest -p no:pytest_eventlet \
+      -p no:pytest_nameko -m cluster tests/cluster || rc=1
+  scripts/cluster.sh stop || true
+  cluster_started=0
   return $rc
 }
 
@@ -74,6 +92,7 @@ if ((with_rabbitmq4)); then
 fi
 run "fault suite on RabbitMQ 3.10" fault_tests 3
 ((with_rabbitmq4)) && run "fault suite on RabbitMQ 4.x" fault_tests 4
+run "cluster suite on three nodes of RabbitMQ 3.10" cluster_tests
 
 echo "== coverage"
 $bin/coverage combine -q

@@ -1,0 +1,134 @@
+"""Fixtures of the cluster suite: a real three-node RabbitMQ 3.10 cluster of its own.
+
+Run it on its own (it kills, restarts and forgets nodes)::
+
+    scripts/cluster.sh start
+    pytest -m cluster -p no:pytest_eventlet -p no:pytest_nameko tests/cluster
+    scripts/cluster.sh stop
+
+or ``AIO_BACKOFF_CLUSTER=1 pytest -m cluster ...``, which starts the cluster when it
+is not up (and stops it afterwards), as scripts/test.sh does. A run that asks for
+neither (no ``AIO_BACKOFF_CLUSTER=1``, no ``-m cluster``) skips these tests. After
+each test the cluster has three running nodes again: what a test killed or forgot
+is started again and rejoins. Each scenario's figures go to
+``build/cluster-per-delay.md``, which is also printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.figures import Figures, table
+from tests.cluster.nodes import Cluster
+
+RESULTS = Path(__file__).resolve().parents[2] / "build" / "cluster-per-delay.md"
+
+_ROWS = pytest.StashKey[list[Figures]]()
+_BROKER = pytest.StashKey[str]()
+_CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
+def _wants_start() -> bool:
+    return os.environ.get("AIO_BACKOFF_CLUSTER") == "1"
+
+
+def _asked(config: pytest.Config) -> bool:
+    return _wants_start() or "cluster" in (config.option.markexpr or "")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_ROWS] = []
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if _asked(config):
+        return
+    skip = pytest.mark.skip(
+        reason="the cluster suite kills nodes of its own three-node cluster; run "
+        "it with AIO_BACKOFF_CLUSTER=1 pytest -m cluster tests/cluster, as "
+        "scripts/test.sh does"
+    )
+    for item in items:
+        if item.get_closest_marker("cluster"):
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" or (report.when == "setup" and report.failed):
+        item.stash[_CALL_REPORT] = report
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    config = terminalreporter.config
+    rows = config.stash.get(_ROWS, [])
+    if not rows:
+        return
+    text = (
+        "Per-delay classic delay queue, its node lost "
+        f"({config.stash.get(_BROKER, '?')}, three nodes, scripts/cluster.sh)\n\n"
+        f"{table(rows)}"
+    )
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(text)
+    terminalreporter.section(f"cluster figures ({RESULTS})")
+    terminalreporter.write(text)
+
+
+@pytest.fixture(scope="session")
+def cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
+    """The three running nodes; started for this run (and stopped after it) when
+    they are not up and ``AIO_BACKOFF_CLUSTER=1``, else the tests are skipped."""
+    nodes = Cluster()
+    started_here = False
+    if not nodes.is_up():
+        if not _wants_start():
+            pytest.skip(
+                "the three-node cluster is not running (no node on management "
+                "ports 15681-15683 shows 3 running members): run "
+                "scripts/cluster.sh start, or set AIO_BACKOFF_CLUSTER=1 to have "
+                "the suite start it"
+            )
+        nodes.run_script("start")
+        started_here = True
+    pytestconfig.stash[_BROKER] = f"RabbitMQ {nodes.rabbitmq_version()}"
+    yield nodes
+    if started_here:
+        nodes.run_script("stop")
+
+
+@pytest.fixture
+async def whole_cluster(cluster: Cluster) -> AsyncIterator[Cluster]:
+    """The cluster, given back with three running nodes: what the test killed or
+    forgot is started again and rejoins (a forgotten node as a fresh member)."""
+    try:
+        yield cluster
+    finally:
+        await cluster.heal()
+
+
+@pytest.fixture
+def figures(
+    request: pytest.FixtureRequest, pytestconfig: pytest.Config
+) -> Iterator[Figures]:
+    """The figures of this test's scenario; they go into the table with its result."""
+    row = Figures(scenario=request.node.name)
+    yield row
+    report = request.node.stash.get(_CALL_REPORT, None)
+    if report is None:
+        row.result = "not run"
+    elif report.passed:
+        row.result = "pass"
+    else:
+        row.result = "FAIL"
+    pytestconfig.stash[_ROWS].append(row)
