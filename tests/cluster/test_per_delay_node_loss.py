@@ -1,6 +1,6 @@
 """Baseline: today's per-delay topology when the node holding a delay queue dies.
 
-The library as it is (a ``Retrier`` with the default topology: one classic
+The library as it is (a ``Retrier`` with ``topology="per-delay"``: one classic
 ``backoff--{N}ms`` queue per delay) consumes a QUORUM target queue, so the target
 itself survives the loss of a node. Up to ``COPIES`` messages are put into backoff
 in one delay queue, which lives on node 3 (declared there first, as by another service);
@@ -398,7 +398,7 @@ async def scenario(
             book.runs[key].append(time.monotonic())
             raise InBackoff
 
-        run.retrier = Retrier(channel, backoff=InBackoff)
+        run.retrier = Retrier(channel, backoff=InBackoff, topology="per-delay")
         await run.retrier.consume(declared, handle)
         # the library's lines are counted, not kept: one per message and failure,
         # many with a traceback
