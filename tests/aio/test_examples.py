@@ -115,3 +115,19 @@ async def test_reliability_example(
     assert "PRECONDITION_FAILED" in lines[2]
     assert lines[3] == "stopped: no more messages taken, nothing in flight"
     assert not await queue_exists(connection, parking)
+
+
+async def test_topology_example_shares_a_queue_across_topologies(broker: Any) -> None:
+    code, out, err = await run_example("topology.py", broker)
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert re.fullmatch(r"RabbitMQ \d+\.\d+\.\d+: quorum ladder True", lines[0])
+    pattern = r"^retry (\d) handled by the (\S+) consumer \((?:after (\d+) ms|first)\)$"
+    handled = re.findall(pattern, out, re.M)
+    assert [int(retry) for retry, _, _ in handled] == [0, 1, 2, 3]  # one count
+    assert {name for _, name, _ in handled} == {"ladder", "per-delay"}
+    waits = [int(after) for _, _, after in handled[1:]]
+    assert all(
+        waited >= delay for waited, delay in zip(waits, (37, 130, 250), strict=True)
+    )
