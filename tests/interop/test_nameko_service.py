@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import aio_pika
 import pytest
@@ -29,6 +29,7 @@ from aio_backoff import (
     EventDispatcher,
     ExpiredMessage,
     IncorrectSignature,
+    Ladder,
     MalformedRequest,
     MethodNotFound,
     NamekoRpcClient,
@@ -289,6 +290,53 @@ async def test_retry_for_and_a_plain_backoff_use_the_services_policy(
     assert calls == [0, 1, 2]
     assert isinstance(caught.value, RemoteExpired)
     assert caught.value.limit == 3
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_a_service_on_the_ladder_retries_with_one_count(
+    channel: AbstractChannel,
+    rpc: NamekoRpcClient,
+    service_name: str,
+    new_service: ServiceFactory,
+    declared: Any,
+    queue_type: Literal["classic", "quorum"],
+) -> None:
+    """``topology="ladder"``: the retried request comes back through the ladder's
+    deliver exchange (its routing key is the ladder's, not ``{service}.{method}``),
+    is routed to its method by the trusted method-id header, and the caller gets
+    the result."""
+    delay_exchange = f"test.{service_name}"
+    ladder = Ladder(delay_exchange, queue_type)
+    for name in ladder.queue_names:
+        declared.queue(name)
+    for name in (
+        *(ladder.level(level) for level in range(32)),
+        ladder.deliver_exchange,
+        ladder.undeliverable,
+    ):
+        declared.exchange(name)
+    service = new_service(
+        backoff=Fast,
+        topology="ladder",
+        queue_type=queue_type,
+        delay_exchange=delay_exchange,
+    )
+    seen: list[int] = []
+
+    @service.rpc(retry_for=(Unavailable,))
+    async def flaky() -> int:
+        call = current_call()
+        assert call is not None
+        seen.append(call.retries)
+        if call.retries < 2:
+            raise Unavailable
+        return call.retries
+
+    async with service:
+        # declared whole at start: no per-delay queue is ever made
+        assert await queue_depth(channel, ladder.level(0)) == 0
+        assert await rpc.call(service_name, "flaky") == 2
+    assert seen == [0, 1, 2]
 
 
 async def test_unknown_service_and_timeout(
