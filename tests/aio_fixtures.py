@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
 
 import aio_pika
 import pytest
@@ -59,6 +60,13 @@ class Declared:
     def exchange(self, name: str) -> str:
         self.exchanges.append(name)
         return name
+
+    def ladder(self, ladder: Any) -> Any:
+        """All of an ``aio_backoff.Ladder``'s queues and exchanges."""
+        self.queues.extend(ladder.queue_names)
+        self.exchanges.extend(ladder.level(level) for level in range(32))
+        self.exchanges += [ladder.deliver_exchange, ladder.undeliverable]
+        return ladder
 
     def with_parking_queues(self) -> list[str]:
         """The queues, each followed by its ``{queue}.parked``: expiry and failures

@@ -20,6 +20,7 @@ from ._expiry import (
     park,
 )
 from ._jsonrpc import EXPIRED_ERROR_TYPE, BackoffJsonRPC, RemoteBackoffExpired
+from ._ladder import Replayed, replay_undeliverable
 from ._policy import RetryPolicy
 from ._publisher import CopyNotPlaced, DelayedPublisher
 from ._retrier import Handler, Retrier
@@ -37,11 +38,13 @@ __all__ = [
     "ExpiryAction",
     "Handler",
     "RemoteBackoffExpired",
+    "Replayed",
     "Retrier",
     "RetryPolicy",
     "dead_letter",
     "dead_letter_or_park",
     "drop",
     "park",
+    "replay_undeliverable",
     "verify",
 ]

@@ -13,14 +13,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import aiormq.abc
+from aio_pika import Message
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aiormq.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from ..core._ladder import LADDER_LEVELS, Ladder
 from ..core._plan import RetryPlan
 
-__all__ = ["DEFAULT_REBIND_S", "LadderPlacement", "declare_ladder"]
+__all__ = [
+    "DEFAULT_REBIND_S",
+    "LadderPlacement",
+    "Replayed",
+    "declare_ladder",
+    "replay_undeliverable",
+]
 
 log = logging.getLogger("aio_backoff").getChild("republish")
 
@@ -155,3 +165,94 @@ class LadderPlacement:
     def forget(self, plan: RetryPlan) -> None:
         self._declared = False
         self._bound_at.pop(plan.routing_key, None)
+
+
+@dataclass
+class Replayed:
+    """What :func:`replay_undeliverable` did."""
+
+    replayed: int = 0
+    """Copies delivered to their target queue."""
+    kept: int = 0
+    """Copies whose target queue is still missing (left in the queue)."""
+    unreadable: int = 0
+    """Messages without a ladder routing key (left in the queue)."""
+    targets: dict[str, int] = field(default_factory=dict)
+    """Replayed copies per target queue."""
+
+
+async def _deliver(
+    channel: AbstractChannel, message: AbstractIncomingMessage, target: str
+) -> bool:
+    """Publish ``message`` to queue ``target``; whether the broker took it there."""
+    copy = Message(
+        message.body,
+        headers=message.headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=message.delivery_mode,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+    try:
+        confirmed = await channel.default_exchange.publish(copy, target, mandatory=True)
+    except DeliveryError:  # returned, on a channel with on_return_raises
+        return False
+    return isinstance(confirmed, Basic.Ack)  # else returned: no such queue yet
+
+
+async def replay_undeliverable(
+    channel: AbstractChannel,
+    ladder: Ladder,
+    *,
+    target_queue: str | None = None,
+    limit: int | None = None,
+) -> Replayed:
+    """Deliver the copies waiting in ``ladder``'s undeliverable queue to their
+    target queues, now (their delay is over).
+
+    A copy lands there when its target queue did not exist when its delay ended.
+    Each copy is published to its target (named by its routing key) through the
+    default exchange, ``mandatory`` and confirmed (``channel`` needs publisher
+    confirms, aio-pika's default), then acked; a copy whose target
+    is still missing, or a message that is not a ladder copy, stays. Only
+    ``target_queue``'s copies with that argument; at most ``limit`` (default: the
+    copies there when it starts).
+    """
+    queue = await channel.declare_queue(
+        ladder.undeliverable, durable=True, arguments=ladder.undeliverable_arguments
+    )
+    waiting = queue.declaration_result.message_count or 0
+    budget = waiting if limit is None else min(limit, waiting)
+    done = Replayed()
+    left: list[AbstractIncomingMessage] = []  # held unacked, so get() moves on
+    try:
+        for _ in range(budget):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            try:
+                _, target = Ladder.parse_routing_key(message.routing_key or "")
+            except ValueError:
+                done.unreadable += 1
+                left.append(message)
+                continue
+            if target_queue is not None and target != target_queue:
+                left.append(message)
+                continue
+            if not await _deliver(channel, message, target):
+                done.kept += 1
+                left.append(message)
+                continue
+            await message.ack()
+            done.replayed += 1
+            done.targets[target] = done.targets.get(target, 0) + 1
+    finally:
+        for message in left:  # back where they were, in order
+            await message.nack(requeue=True)
+    return done
