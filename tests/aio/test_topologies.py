@@ -609,12 +609,16 @@ async def test_all_three_topologies_share_a_queue(plugin_site: Site) -> None:
 # -- 6. bad input --------------------------------------------------------------------
 
 
-def test_unknown_topology_or_queue_type_is_refused(site: Site) -> None:
-    for make in (Retrier, DelayedPublisher):
-        with pytest.raises(ValueError, match="'ladder', 'per-delay' or 'plugin'"):
-            make(site.channel, topology="bogus")  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="'classic' or 'quorum'"):
-            make(site.channel, queue_type="bogus")  # type: ignore[arg-type]
+@pytest.mark.parametrize("make", [Retrier, DelayedPublisher])
+def test_unknown_topology_or_queue_type_is_refused(
+    site: Site, make: Callable[..., Any]
+) -> None:
+    with pytest.raises(ValueError, match="'ladder', 'per-delay' or 'plugin'"):
+        make(site.channel, topology="bogus")
+    # a bad queue type is refused whatever the topology: it waits for no switch
+    for topology in ("ladder", "per-delay", "plugin"):
+        with pytest.raises(ValueError, match="'classic' or 'quorum', got 'bogus'"):
+            make(site.channel, topology=topology, queue_type="bogus")
 
 
 @pytest.mark.parametrize("shape", ["wildcard", "long"])
