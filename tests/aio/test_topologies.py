@@ -424,7 +424,8 @@ async def test_ladder_keeps_33_queues_where_per_delay_makes_one_per_delay(
 
     async def run(topology: str) -> tuple[Retrier, list[int]]:
         target = await site.queue(f"target-{topology}")
-        retrier = site.retrier(topology=topology, grace_ms=5000)
+        # per-delay queues outlive the test (deleted afterwards): all can be counted
+        retrier = site.retrier(topology=topology, grace_ms=60_000)
         came_back: list[int] = []
 
         async def handle(message: AbstractIncomingMessage) -> None:
@@ -523,7 +524,7 @@ async def mix_topologies(site: Site, topologies: list[str]) -> None:
     is known), then all of them at once until every message succeeds.
     """
     # odd delays no other test uses; each long enough to switch consumers
-    schedule = (173, 157, 163, 151, 41)
+    schedule = (241, 251, 263, 257, 43)
     grace_ms = 300
     count = 5
     succeed_at = len(topologies) + 1  # alone phases, then one mixed hop
@@ -567,11 +568,10 @@ async def mix_topologies(site: Site, topologies: list[str]) -> None:
             len(hops) == count and all(len(h) >= calls for h in hops.values())
         )
 
+    for number in range(count):  # waiting together for the first consumer
+        await publish(site.channel, target.name, message_id=f"m{number}")
     for phase, topology in enumerate(topologies):
         await consume(topology)
-        if phase == 0:
-            for number in range(count):
-                await publish(site.channel, target.name, message_id=f"m{number}")
         await wait_until(every_message_had(phase + 1), what=f"phase {phase}")
         await cancel(topology)
     for topology in topologies:
