@@ -173,6 +173,10 @@ class Site:
         for closable in [*self.retriers, *self.publishers]:
             with contextlib.suppress(Exception):
                 await closable.close()
+        # closed before its queues are deleted: a robust channel whose consumer the
+        # broker cancels (its queue deleted) declares the queue again to consume it
+        with contextlib.suppress(Exception):
+            await self.channel.close()
         cleanup = await self.connection.channel()
         # sent without waiting for each answer; the last delete waits for them all
         raw = await cleanup.get_underlay_channel()
