@@ -30,7 +30,7 @@ from aiormq.exceptions import (
 )
 
 from ..core._backoff import Backoff
-from ..core._ladder import Ladder, QueueType
+from ..core._ladder import QUEUE_TYPES, Ladder, QueueType
 from ..core._outcome import FailurePolicy
 from ..core._plan import RetryPlan, plan_retry
 from ..core._protocol import KEPT_PROPERTIES, encodable_headers, parked_headers
@@ -130,6 +130,12 @@ class DelayedPublisher:
         self.delay_exchange: str = renamed(
             "DelayedPublisher", "exchange", "delay_exchange", exchange, delay_exchange
         )
+        if queue_type not in QUEUE_TYPES:  # whatever the topology, not at a switch
+            msg = (
+                f"queue_type must be 'classic' or 'quorum', got {queue_type!r} "
+                "(the ladder's queues; docs/topology.md)"
+            )
+            raise ValueError(msg)
         self.queue_type: QueueType = queue_type
         self.grace_ms = grace_ms
         self.confirm_timeout = confirm_timeout
