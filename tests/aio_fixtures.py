@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_backoff import parking_queue_name
 from tests import brokers
 
-__all__ = ["channel", "connection", "declared", "unique_name"]
+__all__ = ["channel", "connection", "declared", "drop_ladders", "unique_name"]
 
 
 @pytest.fixture
@@ -94,3 +94,30 @@ async def declared(
     for exchange in names.exchanges:
         await cleanup.exchange_delete(exchange)
     await cleanup.close()
+
+
+async def drop_ladders(
+    connection: AbstractRobustConnection, publishers: Iterable[Any]
+) -> None:
+    """Delete the ladders that ``publishers`` (``DelayedPublisher``) declared under a
+    delay exchange of the test's own: the default ``backoff`` ladder is shared, but a
+    ladder per test would leave 33 queues behind each time."""
+    from aio_backoff import DEFAULT_DELAY_EXCHANGE, Ladder  # noqa: PLC0415
+
+    ladders = {
+        Ladder(publisher.delay_exchange, queue_type)
+        for publisher in publishers
+        if publisher.delay_exchange != DEFAULT_DELAY_EXCHANGE
+        for queue_type in ("classic", "quorum")
+    }
+    if not ladders:
+        return
+    channel = await connection.channel()
+    for ladder in ladders:
+        for queue in ladder.queue_names:
+            await channel.queue_delete(queue)
+        for level in range(32):
+            await channel.exchange_delete(ladder.level(level))
+        await channel.exchange_delete(ladder.deliver_exchange)
+        await channel.exchange_delete(ladder.undeliverable)
+    await channel.close()

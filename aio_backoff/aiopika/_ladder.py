@@ -21,7 +21,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import DeliveryError
 from pamqp.commands import Basic
 
-from ..core._ladder import LADDER_LEVELS, Ladder
+from ..core._ladder import LADDER_LEVELS, Binding, Ladder
+from ..core._outcome import CopyNotPlaced
 from ..core._plan import RetryPlan
 
 __all__ = [
@@ -139,10 +140,18 @@ class LadderPlacement:
         target = plan.routing_key
         bound_at = self._bound_at.get(target)
         if force or bound_at is None or self._clock() - bound_at >= self.rebind_s:
-            binding = self.ladder.target_binding(target)
+            binding = self.target_binding(target)
             started = self._clock()
             await channel.queue_bind(target, binding.source, binding.routing_key)
             self._bound_at[target] = started
+
+    def target_binding(self, target_queue: str) -> Binding:
+        """The deliver exchange's binding for ``target_queue``; a permanent
+        :class:`CopyNotPlaced` for a queue the ladder cannot carry copies to."""
+        try:
+            return self.ladder.target_binding(target_queue)
+        except ValueError as error:
+            raise CopyNotPlaced(str(error), permanent=True) from error
 
     def address(self, plan: RetryPlan) -> tuple[str, str]:
         ladder = self.ladder

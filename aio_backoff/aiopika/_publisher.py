@@ -198,6 +198,13 @@ class DelayedPublisher:
                 raise failure from error
             log.warning("%s; the first copy declares it instead", failure)
 
+    def check_target(self, queue: str) -> None:
+        """``ValueError`` when copies cannot come back to ``queue`` through this
+        publisher's topology (a ladder target needs a name of at most 191 bytes
+        without a ``*`` or ``#`` word)."""
+        if self.topology == "ladder":
+            self.ladder.check_target(queue)
+
     # -- the gate ---------------------------------------------------------------------
 
     @property
@@ -352,7 +359,7 @@ class DelayedPublisher:
                 # returned (its queue expired or was deleted), exchange gone, or
                 # the channel closed under it: declare and publish once more
                 if again or isinstance(error, REFUSED):
-                    also = f"{what}, also after a fresh declare,"
+                    also = f"{what}, also after a fresh declare," if again else what
                     raise self._failed(error, also, plan, sent=sent) from error
                 if sent and isinstance(error, _INTERRUPTED):
                     self._uncertain(what, error)

@@ -187,7 +187,10 @@ class Retrier:
         """``queue.consume(self.wrap(handler, queue=queue, ...), **consume_kwargs)``.
 
         The first call declares the delay topology (:meth:`DelayedPublisher.declare`),
-        so that a topology the broker cannot run fails here, with its reason.
+        so that a topology the broker cannot run fails here, with its reason; a
+        queue the topology cannot bring copies back to (a ladder target whose name
+        is too long or has a ``*`` or ``#`` word) is refused here too
+        (``ValueError``).
         Returns the consumer tag (for ``queue.cancel``).
         """
         if consume_kwargs.get("no_ack"):
@@ -196,6 +199,7 @@ class Retrier:
                 f"{queue.name!r}: the broker has already forgotten them"
             )
             raise ValueError(msg)
+        self.publisher.check_target(queue.name)
         if not self._declared:
             await self.publisher.declare()
             self._declared = True

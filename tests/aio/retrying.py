@@ -11,10 +11,15 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from aio_backoff import Backoff, FailurePolicy, Retrier, backoff_class
-from tests.aio_fixtures import Declared
+from tests.aio_fixtures import Declared, drop_ladders
 
 FAST_FAILURES = FailurePolicy(
     max_transient_tries=3, first_pause_s=0.05, max_pause_s=0.2
@@ -120,7 +125,7 @@ async def target(channel: AbstractChannel, declared: Declared, unique_name: Any)
 
 @pytest.fixture
 async def make_retrier(
-    channel: AbstractChannel,
+    channel: AbstractChannel, connection: AbstractRobustConnection
 ) -> AsyncIterator[Callable[..., Retrier]]:
     made: list[Retrier] = []
 
@@ -134,3 +139,4 @@ async def make_retrier(
     yield make
     for retrier in made:
         await retrier.close()
+    await drop_ladders(connection, (retrier.publisher for retrier in made))

@@ -32,6 +32,7 @@ from aio_backoff.aiopika._rpc import BackoffRPC
 from aio_backoff.core._protocol import DELAY_HEADER, RETRIES_HEADER
 from tests import brokers
 from tests.aio.retrying import FAST_FAILURES, get_one
+from tests.aio_fixtures import drop_ladders
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
 
@@ -61,6 +62,9 @@ async def make_rpc(
     yield make
     for rpc in reversed(made):
         await rpc.close()
+    await drop_ladders(
+        connection, (rpc.publisher for rpc in made if isinstance(rpc, BackoffRPC))
+    )
 
 
 @pytest.fixture

@@ -529,7 +529,7 @@ async def mix_topologies(site: Site, topologies: list[str]) -> None:
     """
     # odd delays no other test uses; each long enough to switch consumers
     schedule = (241, 251, 263, 257, 43)
-    grace_ms = 300
+    grace_ms = 1000
     count = 5
     succeed_at = len(topologies) + 1  # alone phases, then one mixed hop
     target = await site.queue("shared")
@@ -585,12 +585,17 @@ async def mix_topologies(site: Site, topologies: list[str]) -> None:
 
     assert sorted(hops) == [f"m{number}" for number in range(count)]
     for message_id, seen in hops.items():
-        # counted on, hop after hop, whatever topology carried the copy before
-        assert [hop.retries for hop in seen] == [None, *range(1, succeed_at + 1)], (
+        # counted on, hop after hop, whatever topology carried the copy before. A
+        # per-delay copy confirmed later than its 1 s grace is placed once more
+        # (a duplicate, never a loss), which a loaded machine can cause
+        counts = [hop.retries for hop in seen]
+        assert list(dict.fromkeys(counts)) == [None, *range(1, succeed_at + 1)], (
             message_id,
             seen,
         )
-        assert [hop.topology for hop in seen[: len(topologies)]] == topologies
+        firsts = [next(hop for hop in seen if hop.retries == n) for n in set(counts)]
+        firsts.sort(key=lambda hop: -1 if hop.retries is None else hop.retries)
+        assert [hop.topology for hop in firsts[: len(topologies)]] == topologies
     # the per-delay queues drain, then expire grace_ms after their last copy
     used = {delay_queue_name(schedule[i]) for i in range(len(schedule))}
     site.queues.extend(sorted(used))
@@ -626,9 +631,11 @@ def test_unknown_topology_or_queue_type_is_refused(
 
 
 @pytest.mark.parametrize("shape", ["wildcard", "long"])
-async def test_ladder_parks_a_message_whose_queue_it_cannot_name(
+async def test_the_ladder_refuses_a_queue_it_cannot_name(
     site: Site, shape: str
 ) -> None:
+    """Refused when consuming starts; a message retried through ``process()`` on
+    such a queue anyway is parked at once with the reason."""
     if shape == "wildcard":
         name = site.names("target") + ".#.x"
         expected = "'*' or '#' word"
@@ -640,15 +647,22 @@ async def test_ladder_parks_a_message_whose_queue_it_cannot_name(
     target = await site.declare(name)
     retrier = site.retrier()
     recorder = Recorder()
-    await retrier.consume(target, handler_failing(recorder, times=100))
-    await publish(site.channel, name, message_id="unnameable")
+    with pytest.raises(ValueError, match=re.escape(expected)) as refused:
+        await retrier.consume(target, handler_failing(recorder, times=100))
+    assert "topology='per-delay'" in str(refused.value)
 
-    message = await parked(site, name)
-    assert message.message_id == "unnameable"
-    reason = str(message.headers["backoff-error"])
+    await publish(site.channel, name, message_id="unnameable")
+    message = await get_one(target)
+    with pytest.raises(CopyNotPlaced):
+        async with retrier.process(message, queue=target):
+            raise retrier.policy.backoff()
+
+    kept = await parked(site, name)
+    assert kept.message_id == "unnameable"
+    reason = str(kept.headers["backoff-error"])
     assert expected in reason
     assert "topology='per-delay'" in reason
-    assert len(recorder.calls) == 1
+    assert "cannot be encoded" not in reason
     assert await site.message_count(name) == 0
 
 

@@ -24,6 +24,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 
 from aio_backoff import (
     BROADCAST,
+    DEFAULT_DELAY_EXCHANGE,
     SINGLETON,
     Backoff,
     EventDispatcher,
@@ -94,6 +95,8 @@ def new_service(
 
     yield make
     for service in made:  # now that the test registered its handlers
+        if service.delay_exchange != DEFAULT_DELAY_EXCHANGE:
+            declared.ladder(Ladder(service.delay_exchange, service.queue_type))
         declared.queue(service.rpc_queue)
         declared.queue(parking_queue_name(service.rpc_queue))
         declared.exchange(f"{service.name}.events")
@@ -298,7 +301,6 @@ async def test_a_service_on_the_ladder_retries_with_one_count(
     rpc: NamekoRpcClient,
     service_name: str,
     new_service: ServiceFactory,
-    declared: Any,
     queue_type: Literal["classic", "quorum"],
 ) -> None:
     """``topology="ladder"``: the retried request comes back through the ladder's
@@ -306,15 +308,7 @@ async def test_a_service_on_the_ladder_retries_with_one_count(
     is routed to its method by the trusted method-id header, and the caller gets
     the result."""
     delay_exchange = f"test.{service_name}"
-    ladder = Ladder(delay_exchange, queue_type)
-    for name in ladder.queue_names:
-        declared.queue(name)
-    for name in (
-        *(ladder.level(level) for level in range(32)),
-        ladder.deliver_exchange,
-        ladder.undeliverable,
-    ):
-        declared.exchange(name)
+    ladder = Ladder(delay_exchange, queue_type)  # deleted by new_service
     service = new_service(
         backoff=Fast,
         topology="ladder",
