@@ -483,6 +483,7 @@ async def test_a_deleted_delay_exchange_does_not_close_the_consumers_connection(
         retrier = Retrier(
             consuming,
             backoff=fast_backoff(schedule=(30,)),
+            topology="per-delay",  # its exchange is never declared (fresh lease)
             delay_exchange=delay_exchange,
             failure_policy=FailurePolicy(first_pause_s=0.1, max_pause_s=0.5),
         )
