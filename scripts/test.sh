@@ -10,6 +10,7 @@
 #   5. the cluster suite (tests/cluster, pytest -m cluster) on a three-node cluster
 #      of the host's RabbitMQ 3.10 (scripts/cluster.sh, AMQP 5681-5683), stopped
 #      afterwards even when it fails; its figures go to build/cluster-per-delay.md
+#      and build/cluster-ladder.md
 # Branch coverage of each package is combined over all runs and must be >= 95%.
 set -euo pipefail
 cd "$(dirname "$0")/.."

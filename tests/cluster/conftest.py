@@ -11,7 +11,9 @@ is not up (and stops it afterwards), as scripts/test.sh does. A run that asks fo
 neither (no ``AIO_BACKOFF_CLUSTER=1``, no ``-m cluster``) skips these tests. After
 each test the cluster has three running nodes again: what a test killed or forgot
 is started again and rejoins. Each scenario's figures go to
-``build/cluster-per-delay.md``, which is also printed at the end of the run.
+``build/cluster-per-delay.md`` (the per-delay baseline) or
+``build/cluster-ladder.md`` (the quorum ladder), which are also printed at the end
+of the run.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.figures import Figures, table
+from tests.cluster.figures import LADDER_ROWS, Figures, LadderFigures, table
 from tests.cluster.nodes import Cluster
 
-RESULTS = Path(__file__).resolve().parents[2] / "build" / "cluster-per-delay.md"
+BUILD = Path(__file__).resolve().parents[2] / "build"
+RESULTS = BUILD / "cluster-per-delay.md"
+LADDER_RESULTS = BUILD / "cluster-ladder.md"
 
 _ROWS = pytest.StashKey[list[Figures]]()
+_LADDER_ROWS = pytest.StashKey[list[LadderFigures]]()
 _BROKER = pytest.StashKey[str]()
 _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 
@@ -42,6 +47,7 @@ def _asked(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ROWS] = []
+    config.stash[_LADDER_ROWS] = []
 
 
 def pytest_collection_modifyitems(
@@ -69,20 +75,27 @@ def pytest_runtest_makereport(
     return report
 
 
+def _write(
+    terminalreporter: pytest.TerminalReporter, path: Path, title: str, body: str
+) -> None:
+    broker = terminalreporter.config.stash.get(_BROKER, "?")
+    text = f"{title} ({broker}, three nodes, scripts/cluster.sh)\n\n{body}"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    terminalreporter.section(f"cluster figures ({path})")
+    terminalreporter.write(text)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     config = terminalreporter.config
     rows = config.stash.get(_ROWS, [])
-    if not rows:
-        return
-    text = (
-        "Per-delay classic delay queue, its node lost "
-        f"({config.stash.get(_BROKER, '?')}, three nodes, scripts/cluster.sh)\n\n"
-        f"{table(rows)}"
-    )
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    terminalreporter.section(f"cluster figures ({RESULTS})")
-    terminalreporter.write(text)
+    if rows:
+        title = "Per-delay classic delay queue, its node lost"
+        _write(terminalreporter, RESULTS, title, table(rows))
+    ladder = config.stash.get(_LADDER_ROWS, [])
+    if ladder:
+        title = "Quorum ladder, the node leading its level queues lost"
+        _write(terminalreporter, LADDER_RESULTS, title, table(ladder, LADDER_ROWS))
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +130,15 @@ async def whole_cluster(cluster: Cluster) -> AsyncIterator[Cluster]:
         await cluster.heal()
 
 
+def _result(request: pytest.FixtureRequest) -> str:
+    report = request.node.stash.get(_CALL_REPORT, None)
+    if report is None:
+        return "not run"
+    if hasattr(report, "wasxfail"):
+        return "expected failure" if report.skipped else "pass (expected to fail)"
+    return "pass" if report.passed else "FAIL"
+
+
 @pytest.fixture
 def figures(
     request: pytest.FixtureRequest, pytestconfig: pytest.Config
@@ -124,11 +146,16 @@ def figures(
     """The figures of this test's scenario; they go into the table with its result."""
     row = Figures(scenario=request.node.name)
     yield row
-    report = request.node.stash.get(_CALL_REPORT, None)
-    if report is None:
-        row.result = "not run"
-    elif report.passed:
-        row.result = "pass"
-    else:
-        row.result = "FAIL"
+    row.result = _result(request)
     pytestconfig.stash[_ROWS].append(row)
+
+
+@pytest.fixture
+def ladder_figures(
+    request: pytest.FixtureRequest, pytestconfig: pytest.Config
+) -> Iterator[LadderFigures]:
+    """The figures of this quorum-ladder scenario, for build/cluster-ladder.md."""
+    row = LadderFigures(scenario=request.node.name)
+    yield row
+    row.result = _result(request)
+    pytestconfig.stash[_LADDER_ROWS].append(row)

@@ -135,17 +135,19 @@ class Cluster:
     def rabbitmq_version(self) -> str:
         return str(self.request("GET", "/overview")["rabbitmq_version"])
 
+    async def queues(
+        self, columns: str = "name,type,node,leader,members,state,messages"
+    ) -> dict[str, dict[str, Any]]:
+        """Every queue's record in the queue list (``columns`` of it, with
+        ``name``), by name. Unlike ``GET /queues/vhost/name``, the list also shows
+        a classic queue whose node is down (with ``state`` ``down``)."""
+        queues = await self.api("GET", f"/queues/%2F?columns={columns}")
+        return {str(queue["name"]): dict(queue) for queue in queues}
+
     async def queue(self, name: str) -> dict[str, Any] | None:
-        """The queue's record in the queue list, None when there is none. Unlike
-        ``GET /queues/vhost/name``, the list also shows a classic queue whose node
-        is down (with ``state`` ``down``)."""
-        queues = await self.api(
-            "GET", "/queues/%2F?columns=name,type,node,leader,members,state,messages"
-        )
-        for queue in queues:
-            if queue["name"] == name:
-                return dict(queue)
-        return None
+        """The queue's record in the queue list (see :meth:`queues`), None when
+        there is none."""
+        return (await self.queues()).get(name)
 
     async def queue_node(self, name: str) -> str | None:
         """The node that holds classic queue ``name`` (or leads quorum queue
@@ -159,8 +161,15 @@ class Cluster:
 
     async def delete_queue(self, name: str) -> None:
         """Delete queue ``name``; gone already is fine."""
+        await self._delete("queues", name)
+
+    async def delete_exchange(self, name: str) -> None:
+        """Delete exchange ``name``; gone already is fine."""
+        await self._delete("exchanges", name)
+
+    async def _delete(self, kind: str, name: str) -> None:
         try:
-            await self.api("DELETE", f"/queues/%2F/{urllib.parse.quote(name, safe='')}")
+            await self.api("DELETE", f"/{kind}/%2F/{urllib.parse.quote(name, safe='')}")
         except urllib.error.HTTPError as error:
             if error.code != 404:
                 raise

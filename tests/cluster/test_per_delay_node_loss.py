@@ -32,8 +32,8 @@ import logging
 import statistics
 import time
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -51,6 +51,15 @@ from aio_backoff import (
 )
 from tests.cluster.figures import Figures
 from tests.cluster.nodes import Cluster, amqp_url, node_name
+from tests.cluster.running import (
+    GATE_CLOSED,
+    GAVE_UP,
+    PERMANENT,
+    REQUEUED,
+    Outcomes,
+    sleep_until,
+    wait_for,
+)
 from tests.faults.ledger import HOT_LOOP_RUNS_PER_SECOND, max_in_window
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(150)]
@@ -76,30 +85,6 @@ VICTIM = 3
 MARGIN_S = 2.0
 """How long past the last copy's due time the node stays down (and, after a
 forget, how long we wait for copies that cannot come)."""
-
-
-PERMANENT = "parked at once: copy not placed, permanent"
-REQUEUED = "requeued after a pause: copy not placed, transient"
-GAVE_UP = "parked at the transient try limit"
-GATE_CLOSED = "publisher unavailable: the gate closed"
-
-
-class Outcomes(logging.Handler):
-    """Counts the library's decisions from its log lines (one per decision)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.counts: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if "copy not placed, permanent" in text:
-            self.counts[PERMANENT] += 1
-        elif "copy not placed, transient" in text:
-            parked = "dead-lettered or parked" in text
-            self.counts[GAVE_UP if parked else REQUEUED] += 1
-        elif text.startswith("publisher unavailable"):
-            self.counts[GATE_CLOSED] += 1
 
 
 class InBackoff(Backoff):
@@ -139,31 +124,6 @@ class Book:
         """When its copy was due back: its first run plus the delay (the copy is
         confirmed a few ms later, so lateness reads a few ms high)."""
         return self.runs[key][0] + DELAY_MS / 1000
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]],
-    seconds: float,
-    what: str,
-    *,
-    poll: float = 0.2,
-) -> None:
-    """Wait until ``condition()`` holds, or fail saying ``what``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            msg = f"{what}: not within {seconds} s"
-            raise AssertionError(msg)
-        await asyncio.sleep(poll)
-
-
-async def sleep_until(when: float) -> None:
-    await asyncio.sleep(max(0.0, when - time.monotonic()))
 
 
 @dataclass
