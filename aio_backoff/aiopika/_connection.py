@@ -56,6 +56,7 @@ class PublishingConnection:
         self._open = asyncio.Event()
         self._open.set()
         self._probe: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- the connection and channel -----------------------------------------------
@@ -149,6 +150,29 @@ class PublishingConnection:
             log.warning("publisher available again after %r tries", tries)
             break
         self._open.set()
+
+    def retire_channel(self, channel: aiormq.abc.AbstractChannel, grace: float) -> None:
+        """Publish on a fresh channel from now on, and close ``channel`` after
+        ``grace`` seconds (the confirms of publishes still in flight on it).
+
+        For a channel the broker nacked: measured on RabbitMQ 3.10, a channel whose
+        publish to a quorum queue was nacked just after the queue's leader died
+        goes on being nacked, while a fresh channel's publishes are taken.
+        """
+        if self._channel is not channel:
+            return  # retired already, or another one by now
+        self._channel = None
+
+        async def close_later() -> None:
+            await asyncio.sleep(grace)
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        log.warning("publishing channel %r nacked a copy: using a fresh one", channel)
 
     async def close(self) -> None:
         """Close the channel and the connection (a later publish opens them again)."""

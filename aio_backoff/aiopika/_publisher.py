@@ -26,6 +26,7 @@ from aiormq.exceptions import (
     ChannelClosed,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
+    DeliveryError,
     PublishError,
 )
 
@@ -303,9 +304,21 @@ class DelayedPublisher:
             raise PublisherUnavailable(msg) from error
 
     def _failed(
-        self, error: Exception, what: str, plan: RetryPlan, *, sent: bool
+        self,
+        error: Exception,
+        what: str,
+        plan: RetryPlan,
+        *,
+        sent: bool,
+        channel: aiormq.abc.AbstractChannel | None = None,
     ) -> CopyNotPlaced:
         failure = not_placed(error, what)
+        returned = isinstance(error, PublishError)
+        if isinstance(error, DeliveryError) and not returned and channel is not None:
+            # nacked: the next copy goes out on a fresh channel, as a nacking
+            # channel may go on nacking. (Still uncertain: a nack says one queue
+            # refused the copy, and another bound queue may have taken it.)
+            self.connection.retire_channel(channel, self.confirm_timeout)
         if sent and not failure.permanent:
             self._uncertain(what, error)
         if isinstance(failure, PublisherUnavailable):
@@ -370,7 +383,8 @@ class DelayedPublisher:
                     describe(error),
                 )
             except Exception as error:
-                raise self._failed(error, what, plan, sent=sent) from error
+                failure = self._failed(error, what, plan, sent=sent, channel=channel)
+                raise failure from error
             else:
                 if again or placement.held(plan):
                     return

@@ -454,8 +454,15 @@ async def test_nacked_copy_is_not_placed(
     await publish(channel, target.name)
     original = await get_one(target)
 
+    nacking = await publisher.connection.channel()
     with pytest.raises(CopyNotPlaced, match="nacked by the broker"):
         await publisher.retry(original, TEN_MS(), target_queue=target.name)
+    # the next copy goes out on a fresh channel (a nacking channel may go on
+    # nacking), the old one closed later; uncertain: another queue may have it
+    assert publisher.uncertain_publishes == 1
+    fresh = await publisher.connection.channel()
+    assert fresh is not nacking
+    assert not nacking.is_closed  # confirms of other publishes may still come
     await publisher.close()
     assert not original.processed
     await original.ack()
