@@ -31,12 +31,18 @@ _AT_LEAST_ONCE_SINCE = (3, 10)
 _FLAG_FREE_SINCE = (4, 0)
 """From 4.0 every feature flag at-least-once needs is required, so always on."""
 _FLAG = "stream_queue"
+_NO_STALL_SINCE = (3, 12, 5)
+"""Before this, a quorum queue's at-least-once dead-letter worker keeps asking the
+dead node after a leader change (it retries every 180 s), so a ladder level stops
+forwarding while that node is down (measured on 3.10.8; fixed upstream in 3.12.5)."""
 """The feature flag at-least-once dead-lettering needs on 3.10 to 3.13."""
 
 
-def _version_tuple(version: str | None) -> tuple[int, int] | None:
-    match = re.match(r"(\d+)\.(\d+)", version or "")
-    return None if match is None else (int(match[1]), int(match[2]))
+def _version_tuple(version: str | None) -> tuple[int, int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    if match is None:
+        return None
+    return int(match[1]), int(match[2]), int(match[3] or 0)
 
 
 @dataclass
@@ -50,13 +56,21 @@ class BrokerReport:
     """Quorum levels dead-letter at-least-once (``None``: unknown, see notes)."""
     plugin: bool | None
     """The delayed-message exchange can be declared (``None``: not checked)."""
+    stalls_on_node_loss: bool | None = None
+    """Quorum levels stop forwarding copies while a leader's node is down (RabbitMQ
+    before 3.12.5): the copies are kept, but come back only once it is back."""
     feature_flags: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def ladder_survives_node_loss(self) -> bool:
-        """Whether ``topology="ladder", queue_type="quorum"`` is safe here."""
-        return self.quorum_queues and bool(self.at_least_once)
+        """Whether a quorum ladder keeps delivering copies on time through the loss
+        of a cluster node here."""
+        return (
+            self.quorum_queues
+            and bool(self.at_least_once)
+            and self.stalls_on_node_loss is False
+        )
 
     def __str__(self) -> str:
         def said(value: bool | None) -> str:
@@ -179,13 +193,13 @@ async def verify(
     since = _version_tuple(version)
     if since is None or not quorum:
         at_least_once = False if not quorum else None
-    elif since < _AT_LEAST_ONCE_SINCE:
+    elif since[:2] < _AT_LEAST_ONCE_SINCE:
         at_least_once = False
         notes.append(
             f"RabbitMQ {version} has no at-least-once dead-lettering (3.10 or later "
             "has); quorum ladder copies could be lost while a node is down"
         )
-    elif since >= _FLAG_FREE_SINCE:
+    elif since[:2] >= _FLAG_FREE_SINCE:
         at_least_once = True
     elif management_url is None:
         at_least_once = None
@@ -202,8 +216,17 @@ async def verify(
                 f"enable it (rabbitmqctl enable_feature_flag {_FLAG}), or quorum "
                 "levels dead-letter at most once"
             )
+    stalls = None if since is None else since < _NO_STALL_SINCE
+    if stalls and quorum:
+        notes.append(
+            f"RabbitMQ {version} is older than 3.12.5: while the node that leads a "
+            "quorum ladder queue is down, that queue stops forwarding copies (they "
+            "are kept, and move on once the node is back); upgrade for a ladder that "
+            "delivers on time through a node loss"
+        )
     return BrokerReport(
         version=version,
+        stalls_on_node_loss=stalls,
         quorum_queues=quorum,
         at_least_once=at_least_once,
         plugin=has_plugin,
