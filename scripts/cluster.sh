@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# A three-node RabbitMQ cluster of its own for tests/cluster, made of the host's
-# RabbitMQ 3.10: tests kill -9 its nodes, start them again and make the cluster
-# forget them, so it is never one of the shared brokers.
+# A three-node RabbitMQ cluster of its own for tests/cluster: tests kill -9 its
+# nodes, start them again and make the cluster forget them, so it is never one
+# of the shared brokers.
 #
-#   node N (1..3)  bkcN@localhost
-#                  AMQP 127.0.0.1:568N, management 1568N, distribution 2568N
+#   --version 3 (default)  the host's RabbitMQ 3.10; node N (1..3) bkcN@localhost
+#                          AMQP 127.0.0.1:568N, management 1568N, distribution
+#                          2568N (N = 1..3: 5681-5683); epmd 4369
+#   --version 4            RabbitMQ 4.x in the chroot of scripts/rabbitmq4.sh;
+#                          node N bkdN@localhost, AMQP 127.0.0.1:5684-5686,
+#                          management 15684-15686, distribution 25684-25686;
+#                          the chroot's epmd 4370
 #
 # Each node has its own config file, env file, mnesia, log and pid file under
-# /var/lib/aio-backoff/cluster/nN, owned by the rabbitmq user. The three share an
-# Erlang cookie of their own (a HOME of their own holds it), so the shared node's
-# cookie is neither read nor changed and no node of this cluster can reach
-# rabbit@localhost. They register with the host's epmd (4369), which is never
-# stopped: the shared node on 5672 uses it too.
+# /var/lib/aio-backoff/cluster/nN (version 4: /var/lib/aio-backoff-cluster4/nN
+# inside the chroot), owned by the rabbitmq user. The three share an Erlang
+# cookie of their own (a HOME of their own holds it), so the shared nodes'
+# cookies are neither read nor changed and no node of this cluster can reach
+# rabbit@localhost or rabbit4@localhost. They register with their
+# installation's epmd, which is never stopped: the shared nodes use it too.
 #
-# Usage: scripts/cluster.sh COMMAND [N]
+# Usage: scripts/cluster.sh COMMAND [N] [--version 3|4]
 #   start [N]    start every node (or node N) that is not running, join the ones
 #                that are not clustered, and wait until the cluster has 3 running
 #                nodes (or N runs in it); a no-op when all is up. Data of a killed
@@ -30,22 +36,66 @@
 #                the cluster has 3 running nodes
 #   ctl N ARGS   rabbitmqctl ARGS against node N (e.g. ctl 2 list_queues name)
 #
-# Environment: CLUSTER_TIMEOUT (seconds to wait for a node, default 90).
+# Environment: CLUSTER_VERSION (default 3; --version wins), CLUSTER_TIMEOUT
+# (seconds to wait for a node, default 90), RABBITMQ4_ROOT (the 4.x chroot).
 # Needs root.
 set -euo pipefail
 export LC_ALL=C
 
-BASE=/var/lib/aio-backoff/cluster
-LOCK=/var/lib/aio-backoff/cluster.lock
-COOKIE_HOME=$BASE/home # HOME of the nodes and their CLI: the cluster's own cookie
+version=${CLUSTER_VERSION:-3}
+args=()
+while (($#)); do
+    case $1 in
+    --version) version=${2:?--version needs 3 or 4}; shift 2 ;;
+    --version=*) version=${1#--version=}; shift ;;
+    *) args+=("$1"); shift ;;
+    esac
+done
+set -- "${args[@]+"${args[@]}"}"
+
+case $version in
+3)
+    ROOT=/ # the host's installation
+    PREFIX=bkc # node N is bkcN@localhost
+    PORT_OFFSET=0 # node N: AMQP 5680+N, management 15680+N, distribution 25680+N
+    CTL_DIST_BASE=35740 # CLI nodes' ports: 35740-35769
+    EPMD_PORT=4369
+    STATE=/var/lib/aio-backoff/cluster # as seen by the nodes
+    LOCK=/var/lib/aio-backoff/cluster.lock
+    TAG=cluster
+    ;;
+4)
+    ROOT=${RABBITMQ4_ROOT:-/var/lib/aio-backoff/rabbitmq4-root}
+    ROOT=${ROOT%/}
+    PREFIX=bkd
+    PORT_OFFSET=3 # node N: AMQP 5683+N, management 15683+N, distribution 25683+N
+    CTL_DIST_BASE=35800 # CLI nodes' ports: 35800-35829
+    EPMD_PORT=4370 # the chroot's epmd (scripts/rabbitmq4.sh)
+    STATE=/var/lib/aio-backoff-cluster4 # inside the chroot
+    LOCK=$ROOT.cluster4.lock
+    TAG=cluster4
+    ;;
+*)
+    echo "cluster: --version must be 3 or 4, got '$version'" >&2
+    exit 2
+    ;;
+esac
+BASE=${ROOT%/}$STATE # the same directory, as seen from here
+NODE_COOKIE_HOME=$STATE/home # HOME of the nodes and their CLI: the cluster's own cookie
+COOKIE_HOME=$BASE/home
 TIMEOUT=${CLUSTER_TIMEOUT:-90}
 ALL=(1 2 3)
+FIRST_AMQP=$((5681 + PORT_OFFSET))
+FIRST_MGMT=$((15681 + PORT_OFFSET))
 
-log() { printf '[cluster] %s\n' "$*"; }
+log() { printf '[%s] %s\n' "$TAG" "$*"; }
 die() {
-    printf '[cluster] ERROR: %s\n' "$*" >&2
+    printf '[%s] ERROR: %s\n' "$TAG" "$*" >&2
     exit 1
 }
+
+# Node $1's name.
+name_of() { echo "$PREFIX$1@localhost"; }
 
 # shellcheck source=lib/process.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/process.sh"
@@ -69,19 +119,38 @@ check_n() {
 # Select node $1: sets the globals the helpers and lib/probes.sh read.
 use() {
     N=$1
-    NODE=bkc$N@localhost
-    AMQP_PORT=$((5680 + N))
-    MGMT_PORT=$((15680 + N))
-    DIST_PORT=$((25680 + N))
-    CTL_DIST_MIN=$((35740 + 10 * (N - 1))) # CLI nodes' ports, clear of the
-    CTL_DIST_MAX=$((CTL_DIST_MIN + 9))     # others' (35672-35739)
-    DIR=$BASE/n$N
+    NODE=$(name_of "$N")
+    AMQP_PORT=$((5680 + PORT_OFFSET + N))
+    MGMT_PORT=$((15680 + PORT_OFFSET + N))
+    DIST_PORT=$((25680 + PORT_OFFSET + N))
+    CTL_DIST_MIN=$((CTL_DIST_BASE + 10 * (N - 1))) # CLI nodes' ports, clear of
+    CTL_DIST_MAX=$((CTL_DIST_MIN + 9))             # the other brokers'
+    DIR=$BASE/n$N  # as seen from here
+    NDIR=$STATE/n$N # as seen by the node
 }
 
 node_pid() { beam_pid_from "$DIR/node.pid"; }
 launcher_pid() { live_pid_from "$DIR/launcher.pid"; }
 
-rabbitmq_ids() { echo "$(id -u rabbitmq):$(id -g rabbitmq)"; }
+# uid:gid of the installation's rabbitmq user.
+rabbitmq_ids() {
+    if [ "$ROOT" = / ]; then
+        echo "$(id -u rabbitmq):$(id -g rabbitmq)"
+    else
+        echo "$(chroot "$ROOT" /usr/bin/id -u rabbitmq):$(chroot "$ROOT" /usr/bin/id -g rabbitmq)"
+    fi
+}
+
+# The 4.x chroot needs /proc, /sys and /dev; scripts/rabbitmq4.sh mounts them for
+# its own node and unmounts them on its stop, so mount what is missing.
+mount_api() {
+    [ "$ROOT" != / ] || return 0
+    [ -x "$ROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ] ||
+        die "no RabbitMQ in $ROOT; run: scripts/rabbitmq4.sh setup"
+    mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+    mountpoint -q "$ROOT/sys" || mount -t sysfs -o ro sysfs "$ROOT/sys"
+    mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+}
 
 # Everything the server and its CLI need to find this node and only this node.
 # RABBITMQ_CONF_ENV_FILE points at our own file, so /etc/rabbitmq/rabbitmq-env.conf
@@ -90,31 +159,43 @@ rabbitmq_ids() { echo "$(id -u rabbitmq):$(id -g rabbitmq)"; }
 node_env() {
     printf '%s\n' \
         PATH=/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        "HOME=$COOKIE_HOME" LANG=C.UTF-8 LC_ALL=C.UTF-8 \
-        "RABBITMQ_CONF_ENV_FILE=$DIR/rabbitmq-env.conf" \
+        "HOME=$NODE_COOKIE_HOME" LANG=C.UTF-8 LC_ALL=C.UTF-8 \
+        "RABBITMQ_CONF_ENV_FILE=$NDIR/rabbitmq-env.conf" \
         "RABBITMQ_NODENAME=$NODE" \
         "RABBITMQ_NODE_PORT=$AMQP_PORT" \
         "RABBITMQ_DIST_PORT=$DIST_PORT" \
-        "RABBITMQ_CONFIG_FILE=$DIR/rabbitmq.conf" \
-        "RABBITMQ_ENABLED_PLUGINS_FILE=$DIR/enabled_plugins" \
-        "RABBITMQ_MNESIA_BASE=$DIR/mnesia" \
-        "RABBITMQ_LOG_BASE=$DIR/log" \
-        "RABBITMQ_PID_FILE=$DIR/node.pid" \
+        "RABBITMQ_CONFIG_FILE=$NDIR/rabbitmq.conf" \
+        "RABBITMQ_ENABLED_PLUGINS_FILE=$NDIR/enabled_plugins" \
+        "RABBITMQ_MNESIA_BASE=$NDIR/mnesia" \
+        "RABBITMQ_LOG_BASE=$NDIR/log" \
+        "RABBITMQ_PID_FILE=$NDIR/node.pid" \
         "RABBITMQ_CTL_DIST_PORT_MIN=$CTL_DIST_MIN" \
         "RABBITMQ_CTL_DIST_PORT_MAX=$CTL_DIST_MAX" \
         'RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=+sbwt none +sbwtdcpu none +sbwtdio none' \
-        ERL_EPMD_PORT=4369 \
+        "ERL_EPMD_PORT=$EPMD_PORT" \
         ERL_EPMD_ADDRESS=127.0.0.1 \
         'ERL_FLAGS=-kernel inet_dist_use_interface {127,0,0,1}'
 }
 
-as_rabbitmq() {
+# The command that runs what follows it as the installation's rabbitmq user with
+# node $N's environment (in the chroot for version 4), into array RUN.
+set_run() {
     local env
     mapfile -t env < <(node_env)
-    setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups /usr/bin/env -i "${env[@]}" "$@"
+    if [ "$ROOT" = / ]; then
+        RUN=(setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups)
+    else
+        RUN=(chroot --userspec="$(rabbitmq_ids)" "$ROOT")
+    fi
+    RUN+=(/usr/bin/env -i "${env[@]}")
 }
 
-ctl() { as_rabbitmq timeout 60 rabbitmqctl -n "$NODE" "$@"; }
+as_rabbitmq() {
+    set_run
+    "${RUN[@]}" "$@"
+}
+
+ctl() { mount_api && as_rabbitmq timeout 60 rabbitmqctl -n "$NODE" "$@"; }
 
 ensure_cookie() {
     mkdir -p "$COOKIE_HOME"
@@ -137,7 +218,7 @@ peers() {
     local i=0
     for n in "${list[@]}"; do
         i=$((i + 1))
-        echo "cluster_formation.classic_config.nodes.$i = bkc$n@localhost"
+        echo "cluster_formation.classic_config.nodes.$i = $(name_of "$n")"
     done
 }
 
@@ -167,12 +248,10 @@ launch() {
     [ -d "$DIR/mnesia" ] || rm -rf --one-file-system "$DIR/log" # fresh node, fresh logs
     write_config
     rm -f "$DIR/node.pid"
-    local env
-    mapfile -t env < <(node_env)
+    mount_api
     # Own session, no terminal, lock fd closed: the node outlives this script.
-    setsid setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
-        /usr/bin/env -i "${env[@]}" rabbitmq-server \
-        >"$DIR/startup.log" 2>&1 </dev/null 9>&- &
+    set_run
+    setsid "${RUN[@]}" rabbitmq-server >"$DIR/startup.log" 2>&1 </dev/null 9>&- &
     echo $! >"$DIR/launcher.pid"
     disown $! 2>/dev/null || true
 }
@@ -246,7 +325,7 @@ join() {
     local n=$1 peer=$2 peer_node
     use "$peer"
     peer_node=$NODE
-    if members | grep -q "^bkc$n@localhost "; then
+    if members | grep -q "^$(name_of "$n") "; then
         return 0
     fi
     use "$n"
@@ -263,9 +342,9 @@ join() {
 wait_cluster() {
     local n=$1 peer=$2 want=$3 deadline=$((SECONDS + TIMEOUT))
     use "$peer"
-    until [ "$(running_count)" -ge "$want" ] && members | grep -q "^bkc$n@localhost running$"; do
+    until [ "$(running_count)" -ge "$want" ] && members | grep -q "^$(name_of "$n") running$"; do
         [ "$SECONDS" -lt "$deadline" ] ||
-            die "the cluster of bkc$peer@localhost does not show $want running nodes with bkc$n@localhost within ${TIMEOUT}s: $(members | tr '\n' ',')"
+            die "the cluster of $(name_of "$peer") does not show $want running nodes with $(name_of "$n") within ${TIMEOUT}s: $(members | tr '\n' ',')"
         sleep 0.3
     done
 }
@@ -329,7 +408,7 @@ cmd_start() {
         wait_cluster "$n" "$PEER" "${#nodes[@]}"
     done
     use "$PEER"
-    log "start: RabbitMQ $(mgmt_version), $(running_count) running nodes in $(elapsed "$t0") s (amqp 127.0.0.1:5681-5683, management 15681-15683)"
+    log "start: RabbitMQ $(mgmt_version), $(running_count) running nodes in $(elapsed "$t0") s (amqp 127.0.0.1:$FIRST_AMQP-$((FIRST_AMQP + 2)), management $FIRST_MGMT-$((FIRST_MGMT + 2)))"
 }
 
 # Its data is deleted anyway: kill -9 is as good as a shutdown and takes no time.
@@ -399,15 +478,15 @@ cmd_forget() {
             break
         fi
     done
-    [ -n "$peer" ] || die "forget: no other node runs to forget bkc$n@localhost"
+    [ -n "$peer" ] || die "forget: no other node runs to forget $(name_of "$n")"
     use "$peer"
-    if members | grep -q "^bkc$n@localhost "; then
-        ctl forget_cluster_node "bkc$n@localhost" >/dev/null
+    if members | grep -q "^$(name_of "$n") "; then
+        ctl forget_cluster_node "$(name_of "$n")" >/dev/null
     fi
     use "$n"
     rm -rf --one-file-system "$DIR/mnesia"
     rm -f "$DIR/node.pid" "$DIR/launcher.pid"
-    log "forget: bkc$peer@localhost forgot $NODE, whose data is wiped ($(elapsed "$t0") s); 'start $n' brings it back as a fresh node"
+    log "forget: $(name_of "$peer") forgot $NODE, whose data is wiped ($(elapsed "$t0") s); 'start $n' brings it back as a fresh node"
 }
 
 cmd_status() {
@@ -445,7 +524,7 @@ forget) cmd_forget "${2:-}" ;;
 status) cmd_status ;;
 ctl) shift && cmd_ctl "$@" ;;
 *)
-    echo "usage: $0 {start [N]|stop|kill N|restart N|forget N|status|ctl N ARGS...}" >&2
+    echo "usage: $0 {start [N]|stop|kill N|restart N|forget N|status|ctl N ARGS...} [--version 3|4]" >&2
     exit 2
     ;;
 esac

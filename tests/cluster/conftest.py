@@ -1,4 +1,6 @@
-"""Fixtures of the cluster suite: a real three-node RabbitMQ 3.10 cluster of its own.
+"""Fixtures of the cluster suite: a real three-node RabbitMQ cluster of its own
+(the host's 3.10 by default; ``AIO_BACKOFF_CLUSTER_VERSION=4``: RabbitMQ 4.x in
+the chroot, ``scripts/cluster.sh --version 4``).
 
 Run it on its own (it kills, restarts and forgets nodes)::
 
@@ -6,14 +8,18 @@ Run it on its own (it kills, restarts and forgets nodes)::
     pytest -m cluster -p no:pytest_eventlet -p no:pytest_nameko tests/cluster
     scripts/cluster.sh stop
 
+    scripts/cluster.sh start --version 4
+    AIO_BACKOFF_CLUSTER_VERSION=4 pytest -m cluster ... tests/cluster
+    scripts/cluster.sh stop --version 4
+
 or ``AIO_BACKOFF_CLUSTER=1 pytest -m cluster ...``, which starts the cluster when it
 is not up (and stops it afterwards), as scripts/test.sh does. A run that asks for
 neither (no ``AIO_BACKOFF_CLUSTER=1``, no ``-m cluster``) skips these tests. After
 each test the cluster has three running nodes again: what a test killed or forgot
 is started again and rejoins. Each scenario's figures go to
 ``build/cluster-per-delay.md`` (the per-delay baseline) or
-``build/cluster-ladder.md`` (the quorum ladder), which are also printed at the end
-of the run.
+``build/cluster-ladder.md`` (the quorum ladder), ``-4`` before ``.md`` on the 4.x
+cluster, which are also printed at the end of the run.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.figures import LADDER_ROWS, Figures, LadderFigures, table
-from tests.cluster.nodes import Cluster
+from tests.cluster.nodes import MGMT_PORTS, VERSION, Cluster
 
 BUILD = Path(__file__).resolve().parents[2] / "build"
-RESULTS = BUILD / "cluster-per-delay.md"
-LADDER_RESULTS = BUILD / "cluster-ladder.md"
+_SUFFIX = "" if VERSION == "3" else f"-{VERSION}"  # the 3.10 run's tables stay
+RESULTS = BUILD / f"cluster-per-delay{_SUFFIX}.md"
+LADDER_RESULTS = BUILD / f"cluster-ladder{_SUFFIX}.md"
 
 _ROWS = pytest.StashKey[list[Figures]]()
 _LADDER_ROWS = pytest.StashKey[list[LadderFigures]]()
@@ -107,10 +114,10 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     if not nodes.is_up():
         if not _wants_start():
             pytest.skip(
-                "the three-node cluster is not running (no node on management "
-                "ports 15681-15683 shows 3 running members): run "
-                "scripts/cluster.sh start, or set AIO_BACKOFF_CLUSTER=1 to have "
-                "the suite start it"
+                f"the three-node cluster is not running (no node on management "
+                f"ports {MGMT_PORTS[0]}-{MGMT_PORTS[-1]} shows 3 running members): "
+                f"run scripts/cluster.sh start --version {VERSION}, or set "
+                f"AIO_BACKOFF_CLUSTER=1 to have the suite start it"
             )
         nodes.run_script("start")
         started_here = True

@@ -1,14 +1,22 @@
 """The three-node cluster of ``scripts/cluster.sh`` and its management API.
 
-Node N (1..3) is ``bkcN@localhost``: AMQP 127.0.0.1:568N, management 1568N. Only
-these nodes are ever killed, restarted or forgotten here; the shared brokers on
-5672/5673 are never touched. No aio-pika import.
+``AIO_BACKOFF_CLUSTER_VERSION`` (default 3) picks the cluster, as
+``scripts/cluster.sh --version`` does:
+
+- 3: the host's RabbitMQ 3.10; node N (1..3) is ``bkcN@localhost``, AMQP
+  127.0.0.1:5681-5683, management 15681-15683;
+- 4: RabbitMQ 4.x in the chroot of scripts/rabbitmq4.sh; node N is
+  ``bkdN@localhost``, AMQP 127.0.0.1:5684-5686, management 15684-15686.
+
+Only these nodes are ever killed, restarted or forgotten here; the shared
+brokers on 5672/5673 are never touched. No aio-pika import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import urllib.error
 import urllib.parse
@@ -19,29 +27,51 @@ from typing import Any
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster.sh"
 NODES = (1, 2, 3)
 
+# version -> (node name prefix, offset of the ports from 5680 / 15680)
+_CLUSTERS = {"3": ("bkc", 0), "4": ("bkd", 3)}
+
+
+def _version() -> str:
+    version = os.environ.get("AIO_BACKOFF_CLUSTER_VERSION", "3")
+    if version not in _CLUSTERS:
+        msg = (
+            f"AIO_BACKOFF_CLUSTER_VERSION must be 3 (the host's RabbitMQ 3.10 "
+            f"cluster) or 4 (the RabbitMQ 4.x cluster in the chroot), got "
+            f"{version!r}; unset it or set one of those"
+        )
+        raise ValueError(msg)
+    return version
+
+
+VERSION = _version()
+"""The cluster the suite runs on (``scripts/cluster.sh --version VERSION``)."""
+PREFIX, _OFFSET = _CLUSTERS[VERSION]
+AMQP_PORTS = tuple(5680 + _OFFSET + number for number in NODES)
+MGMT_PORTS = tuple(15680 + _OFFSET + number for number in NODES)
+
 _AUTH = {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="}  # guest:guest
 
 
 def node_name(number: int) -> str:
-    """``bkc{number}@localhost``."""
+    """``bkc{number}@localhost`` (``bkd`` on the 4.x cluster)."""
     if number not in NODES:
         msg = f"the cluster's nodes are numbered {NODES}, got {number!r}"
         raise ValueError(msg)
-    return f"bkc{number}@localhost"
+    return f"{PREFIX}{number}@localhost"
 
 
 def node_number(name: str) -> int:
-    """The number of node ``bkcN@localhost``."""
+    """The number of node ``bkcN@localhost`` (``bkdN``)."""
     for number in NODES:
         if node_name(number) == name:
             return number
-    msg = f"{name!r} is not a node of the test cluster (bkc1..3@localhost)"
+    msg = f"{name!r} is not a node of the test cluster ({PREFIX}1..3@localhost)"
     raise ValueError(msg)
 
 
 def amqp_url(number: int) -> str:
     node_name(number)  # checks the number
-    return f"amqp://guest:guest@127.0.0.1:{5680 + number}/"
+    return f"amqp://guest:guest@127.0.0.1:{AMQP_PORTS[number - 1]}/"
 
 
 class Cluster:
@@ -51,9 +81,10 @@ class Cluster:
     # -- the script --------------------------------------------------------------
 
     def run_script(self, *args: str, timeout: float = 180) -> str:
-        """``scripts/cluster.sh ARGS``; its output, or an error that shows it."""
+        """``scripts/cluster.sh ARGS --version VERSION``; its output, or an error
+        that shows it."""
         done = subprocess.run(
-            [str(SCRIPT), *args],
+            [str(SCRIPT), *args, "--version", VERSION],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -100,7 +131,7 @@ class Cluster:
         last: OSError | None = None
         for number in NODES if node is None else (node,):
             request = urllib.request.Request(
-                f"http://127.0.0.1:{15680 + number}/api{path}",
+                f"http://127.0.0.1:{MGMT_PORTS[number - 1]}/api{path}",
                 data=data,
                 method=method,
                 headers={**_AUTH, "Content-Type": "application/json"},
