@@ -9,8 +9,9 @@
 #      when a stage fails; its table goes to build/faults-<version>.md
 #   5. the cluster suite (tests/cluster, pytest -m cluster) on a three-node cluster
 #      of the host's RabbitMQ 3.10 (scripts/cluster.sh, AMQP 5681-5683), stopped
-#      afterwards even when it fails; its figures go to build/cluster-per-delay.md
-#      and build/cluster-ladder.md
+#      afterwards even when it fails: the per-delay baseline, figures to
+#      build/cluster-per-delay.md (the quorum ladder's test is an expected failure
+#      on 3.10, whose dead-letter worker stalls after a leader dies: it runs on 4.x)
 #   6. the quorum ladder's node-loss test (tests/cluster/test_ladder_node_loss.py)
 #      on a three-node cluster of RabbitMQ 4.x (scripts/cluster.sh --version 4,
 #      AMQP 5684-5686), unless AIO_BACKOFF_SKIP_RABBITMQ4=1; stopped afterwards
@@ -85,7 +86,8 @@ cluster_tests() {
   cluster_started=1
   scripts/cluster.sh start &&
     AIO_BACKOFF_CLUSTER=1 $bin/coverage run -m pytest -p no:pytest_eventlet \
-      -p no:pytest_nameko -m cluster tests/cluster || rc=1
+      -p no:pytest_nameko -m cluster \
+      tests/cluster/test_per_delay_node_loss.py || rc=1
   scripts/cluster.sh stop || true
   cluster_started=0
   return $rc
