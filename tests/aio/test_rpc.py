@@ -54,6 +54,8 @@ async def make_rpc(
         channel = await connection.channel()
         if issubclass(cls, BackoffRPC):
             kwargs.setdefault("failure_policy", FAST_FAILURES)
+        else:  # aio-pika's own reply queue is transient: RabbitMQ 4.3 wants exclusive
+            kwargs.setdefault("exclusive", True)
         rpc = await cls.create(channel, **kwargs)
         made.append(rpc)
         return rpc
@@ -90,7 +92,7 @@ async def test_result_after_backoffs(make_rpc: MakeRPC, method_name: str) -> Non
     server = await make_rpc(BackoffRPC, backoff=Fast)
     caller = await make_rpc(RPC)
     method = Flaky(failures=3, error=Fast)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     result = await caller.call(method_name, {"x": 21})
 
@@ -104,7 +106,7 @@ async def test_proxy_call_on_one_instance(make_rpc: MakeRPC, method_name: str) -
     """Server and caller on the same instance: the common aio-pika setup."""
     rpc = await make_rpc(BackoffRPC, backoff=Fast)
     method = Flaky(failures=1, error=Fast)
-    await rpc.register(method_name, method, auto_delete=True)
+    await rpc.register(method_name, method, auto_delete=True, durable=True)
 
     result = await getattr(rpc.proxy, method_name)(x=5)
 
@@ -117,7 +119,7 @@ async def test_expiry_raises_backoff_expired_at_the_caller(
     server = await make_rpc(BackoffRPC, backoff=TwoRetries)
     caller = await make_rpc(RPC)  # a plain aio-pika caller unpickles the error
     method = Flaky(failures=100, error=TwoRetries)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(Backoff.Expired) as caught:
         await caller.call(method_name, {})
@@ -136,7 +138,9 @@ async def test_an_expired_call_is_kept_after_its_reply(
     parking = declared.queue(f"{method_name}.parked")
     server = await make_rpc(BackoffRPC, backoff=TwoRetries)
     caller = await make_rpc(RPC)
-    await server.register(method_name, Flaky(100, TwoRetries), auto_delete=True)
+    await server.register(
+        method_name, Flaky(100, TwoRetries), auto_delete=True, durable=True
+    )
 
     with pytest.raises(Backoff.Expired):
         await caller.call(method_name, {"x": 1})
@@ -153,7 +157,7 @@ async def test_a_plain_backoff_takes_the_rpc_policy(
     """``raise Backoff()`` in a method uses the schedule and limit given to the RPC."""
     server = await make_rpc(BackoffRPC, backoff=TwoRetries)
     method = Flaky(failures=100, error=Backoff)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(Backoff.Expired) as caught:
         await server.call(method_name, {})
@@ -169,7 +173,7 @@ async def test_retry_for_turns_errors_into_backoff(
     server = await make_rpc(BackoffRPC, backoff=Fast, retry_for=(ConnectionError,))
     caller = await make_rpc(RPC)
     method = Flaky(failures=2, error=lambda: ConnectionError("upstream down"))
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     assert await caller.call(method_name, {"x": 1}) == {"answer": 2, "attempts": 3}
 
@@ -180,7 +184,7 @@ async def test_errors_not_in_retry_for_are_replied_at_once(
     server = await make_rpc(BackoffRPC, backoff=Fast, retry_for=(ConnectionError,))
     caller = await make_rpc(RPC)
     method = Flaky(failures=5, error=lambda: KeyError("no such order"))
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(KeyError, match="no such order"):
         await caller.call(method_name, {})
@@ -194,12 +198,13 @@ async def test_per_method_policy_overrides_the_instance(
     caller = await make_rpc(RPC)
     strict = declared.queue(unique_name("strict"))
     lenient = declared.queue(unique_name("lenient"))
-    await server.register(strict, Flaky(5, lambda: TimeoutError("slow")))
+    await server.register(strict, Flaky(5, lambda: TimeoutError("slow")), durable=True)
     await server.register(
         lenient,
         Flaky(5, lambda: TimeoutError("slow")),
         backoff=TwoRetries,
         retry_for=(TimeoutError,),
+        durable=True,
     )
 
     with pytest.raises(TimeoutError, match="slow"):
@@ -216,7 +221,7 @@ async def test_retried_call_through_an_rpc_exchange(
     exchange = declared.exchange(unique_name("rpcx"))
     server = await make_rpc(BackoffRPC, backoff=Fast, exchange=exchange)
     method = Flaky(failures=2, error=Fast)
-    await server.register("double", method, auto_delete=True)
+    await server.register("double", method, auto_delete=True, durable=True)
     declared.queue(f"{exchange}::double")
 
     assert await server.proxy.double(x=4) == {"answer": 8, "attempts": 3}
@@ -277,7 +282,7 @@ async def test_reply_is_sent_exactly_once(
 ) -> None:
     server = await make_rpc(RecordingRPC, backoff=TwoRetries)
     method = Flaky(failures=failures, error=TwoRetries)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
     replies = ReplyQueue(channel, unique_name("replies"))
     await replies.start()
     correlation_id = uuid.uuid4().hex
@@ -316,7 +321,7 @@ async def test_jsonrpc_result_after_backoffs(
 ) -> None:
     server = await make_rpc(BackoffJsonRPC, backoff=Fast)
     caller = await make_rpc(BackoffJsonRPC)
-    await server.register(method_name, Flaky(2, Fast), auto_delete=True)
+    await server.register(method_name, Flaky(2, Fast), auto_delete=True, durable=True)
 
     assert await caller.call(method_name, {"x": 7}) == {"answer": 14, "attempts": 3}
 
@@ -329,7 +334,7 @@ async def test_jsonrpc_expiry_is_a_catchable_backoff_expired(
     )
     caller = await make_rpc(BackoffJsonRPC)
     method = Flaky(100, lambda: ConnectionError("payment gateway down"))
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(Backoff.Expired) as caught:
         await caller.call(method_name, {})
@@ -353,7 +358,9 @@ async def test_jsonrpc_expiry_seen_by_a_plain_jsonrpc_caller(
 ) -> None:
     server = await make_rpc(BackoffJsonRPC, backoff=TwoRetries)
     caller = await make_rpc(JsonRPC)
-    await server.register(method_name, Flaky(100, Backoff), auto_delete=True)
+    await server.register(
+        method_name, Flaky(100, Backoff), auto_delete=True, durable=True
+    )
 
     with pytest.raises(JsonRPCError) as caught:
         await caller.call(method_name, {})
@@ -371,7 +378,10 @@ async def test_jsonrpc_expiry_names_a_backoff_that_says_why(
 ) -> None:
     server = await make_rpc(BackoffJsonRPC, backoff=TwoRetries)
     await server.register(
-        method_name, Flaky(100, lambda: TwoRetries("ledger closed")), auto_delete=True
+        method_name,
+        Flaky(100, lambda: TwoRetries("ledger closed")),
+        auto_delete=True,
+        durable=True,
     )
 
     with pytest.raises(RemoteBackoffExpired) as caught:
@@ -384,7 +394,9 @@ async def test_jsonrpc_other_errors_unchanged(
 ) -> None:
     server = await make_rpc(BackoffJsonRPC, backoff=Fast)
     caller = await make_rpc(BackoffJsonRPC)
-    await server.register(method_name, Flaky(1, lambda: ValueError("bad")))
+    await server.register(
+        method_name, Flaky(1, lambda: ValueError("bad")), durable=True
+    )
 
     with pytest.raises(JsonRPCError) as caught:
         await caller.call(method_name, {})
@@ -404,7 +416,7 @@ async def test_jsonrpc_passes_on_an_expiry_raised_by_the_method(
         calls.append(1)
         raise Backoff.Expired("upstream gave up")
 
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(RemoteBackoffExpired, match="upstream gave up") as caught:
         await caller.call(method_name, {})
@@ -421,7 +433,7 @@ async def test_caller_expiration_does_not_bound_the_retries(
     server = await make_rpc(BackoffRPC, backoff=slow)
     caller = await make_rpc(RPC)
     method = Flaky(2, slow)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     started = time.monotonic()
     result = await caller.call(method_name, {"x": 1}, expiration=0.1)  # 100 ms
@@ -440,7 +452,7 @@ async def test_caller_expiration_still_applies_before_a_server_takes_the_call(
     async def method(**kwargs: Any) -> None:
         calls.append(kwargs)
 
-    await server.register(method_name, method, auto_delete=False)
+    await server.register(method_name, method, auto_delete=False, durable=True)
     await server.unregister(method)  # the queue stays, nobody consumes it
 
     with pytest.raises(asyncio.TimeoutError):
@@ -458,7 +470,7 @@ async def test_caller_timeout_shorter_than_the_backoff(
     server = await make_rpc(BackoffRPC, backoff=slow)
     caller = await make_rpc(RPC)
     method = Flaky(1, slow)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(caller.call(method_name, {"x": 1}), 0.05)
@@ -492,7 +504,7 @@ async def test_unplaceable_copy_puts_the_call_back_on_its_queue(
     server = await make_rpc(BackoffRPC, backoff=Fast, delay_exchange=clash)
     caller = await make_rpc(RPC)
     method = Flaky(1, Fast)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(CopyNotPlaced, match="PRECONDITION_FAILED") as caught:
         await caller.call(method_name, {"x": 1})
@@ -519,7 +531,7 @@ async def test_failed_publish_puts_the_call_back_on_its_queue(
     connection.channel = broken_once  # type: ignore[method-assign]
     caller = await make_rpc(RPC)
     method = Flaky(1, Fast)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     assert await caller.call(method_name, {"x": 1}) == {"answer": 2, "attempts": 2}
     assert any("goes back to queue" in r.getMessage() for r in caplog.records)
@@ -546,7 +558,7 @@ async def test_call_survives_a_failed_requeue(
         server = await BackoffRPC.create(
             server_channel, backoff=Fast, publisher=Broken(server_channel)
         )
-        await server.register(method_name, Flaky(100, Fast))
+        await server.register(method_name, Flaky(100, Fast), durable=True)
         replies = ReplyQueue(channel, unique_name("replies"))
         await replies.start()
 
@@ -571,7 +583,7 @@ async def test_a_broken_schedule_is_replied_not_requeued(
     broken = backoff_class(schedule=lambda index: "soon", random_sigma=0, name="Bad")
     server = await make_rpc(BackoffRPC, backoff=broken)
     method = Flaky(100, broken)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(TypeError, match="must return a number of ms"):
         await server.call(method_name, {})
@@ -592,10 +604,12 @@ async def test_register_twice_keeps_the_first_policy(
     make_rpc: MakeRPC, method_name: str
 ) -> None:
     rpc = await make_rpc(BackoffRPC, backoff=Fast)
-    await rpc.register(method_name, Flaky(0), auto_delete=True)
+    await rpc.register(method_name, Flaky(0), auto_delete=True, durable=True)
 
     with pytest.raises(RuntimeError, match="Method name already used"):
-        await rpc.register(method_name, Flaky(0), backoff=TwoRetries, auto_delete=True)
+        await rpc.register(
+            method_name, Flaky(0), backoff=TwoRetries, auto_delete=True, durable=True
+        )
     assert rpc.policies[method_name].backoff is Fast
 
 
@@ -608,10 +622,10 @@ async def test_failed_register_leaves_no_policy(
         return None
 
     first = declared.queue(unique_name("first"))
-    await rpc.register(first, method, auto_delete=True)
+    await rpc.register(first, method, auto_delete=True, durable=True)
 
     with pytest.raises(RuntimeError, match="Function already registered"):
-        await rpc.register(declared.queue(unique_name("second")), method)
+        await rpc.register(declared.queue(unique_name("second")), method, durable=True)
     assert list(rpc.policies) == [first]
 
     async def unknown() -> None:

@@ -741,7 +741,11 @@ class TestRefusedByTheBroker:
         publish_until_raised,
     ):
         with get_connection(rabbit_config["AMQP_URI"]) as conn:
-            Queue("backoff--20ms", durable=False).bind(conn).declare()
+            # durable as ours, with another x-expires (RabbitMQ 4.3 refuses a
+            # transient one, which older tests used for "other arguments")
+            Queue(
+                "backoff--20ms", durable=True, queue_arguments={"x-expires": 60000}
+            ).bind(conn).declare()
 
         class Service:
             name = "service"
@@ -778,7 +782,11 @@ class TestRefusedByTheBroker:
     ):
         """The expired message goes into the parking queue as it exists."""
         with get_connection(rabbit_config["AMQP_URI"]) as conn:
-            Queue(f"{queue.name}.parked", durable=False).bind(conn).declare()
+            Queue(
+                f"{queue.name}.parked",
+                durable=True,
+                queue_arguments={"x-max-length": 1000},
+            ).bind(conn).declare()
 
         expire_a_message(queue, payload="keep me", on_expired="park")
 
