@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
 from aio_pika.abc import (
     AbstractChannel,
@@ -635,6 +636,31 @@ async def test_failed_register_leaves_no_policy(
     assert list(rpc.policies) == [first]
     await rpc.unregister(method)
     assert rpc.policies == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "exclusive"),
+    [({}, True), ({"durable": True}, False), ({"exclusive": False}, False)],
+)
+async def test_the_reply_queue_is_exclusive_unless_durable_or_asked(
+    make_rpc: MakeRPC, options: dict[str, Any], exclusive: bool
+) -> None:
+    """aio-pika declares it transient and non-exclusive, which RabbitMQ 4.3 refuses
+    by default; another connection cannot even look at an exclusive queue."""
+    transient = not options.get("durable") and not exclusive
+    if transient and brokers.current().name == "rabbitmq4.3":
+        pytest.skip("RabbitMQ 4.3 refuses transient non-exclusive queues")
+    rpc = await make_rpc(BackoffRPC, **options)
+    other = await aio_pika.connect(brokers.current().amqp_url)
+    try:
+        channel = await other.channel()
+        if exclusive:
+            with pytest.raises(aiormq.exceptions.ChannelLockedResource):
+                await channel.declare_queue(rpc.result_queue.name, passive=True)
+        else:
+            await channel.declare_queue(rpc.result_queue.name, passive=True)
+    finally:
+        await other.close()
 
 
 async def test_settings_are_checked(channel: AbstractChannel) -> None:
