@@ -111,16 +111,25 @@ take_lock() {
 
 # --- host side -------------------------------------------------------------
 
+missing_host_tools() {
+    command -v debootstrap >/dev/null || echo debootstrap
+    command -v curl >/dev/null || echo curl
+}
+
 ensure_host_tools() {
-    local missing=()
-    command -v debootstrap >/dev/null || missing+=(debootstrap)
-    command -v curl >/dev/null || missing+=(curl)
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing on host: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # Refresh package lists only when the install fails without it.
-    apt-get install -y "${missing[@]}" ||
-        { apt-get update && apt-get install -y "${missing[@]}"; }
+    [ -n "$(missing_host_tools)" ] || return 0
+    # Both versions may be set up at once: one apt-get at a time.
+    (
+        flock -w 900 8 || die "could not lock $(dirname "$ROOT")/host-tools.lock"
+        local missing
+        mapfile -t missing < <(missing_host_tools)
+        [ ${#missing[@]} -eq 0 ] && exit 0
+        log "installing on host: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # Refresh package lists only when the install fails without it.
+        apt-get install -y "${missing[@]}" ||
+            { apt-get update && apt-get install -y "${missing[@]}"; }
+    ) 8>>"$(dirname "$ROOT")/host-tools.lock"
 }
 
 # Archive URIs from the host's enabled apt sources (deb822 and one-line
