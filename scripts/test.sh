@@ -1,82 +1,212 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, types, then the tests against real brokers.
-#   1. core + asyncio tests            (one pytest process, no eventlet)
-#   2. nameko tests                    (own pytest process, eventlet monkeypatched)
-#   3. both again against RabbitMQ 4.x (scripts/rabbitmq4.sh), unless
-#      AIO_BACKOFF_SKIP_RABBITMQ4=1
-#   4. the fault suite (tests/faults) on a node of its own per version
-#      (scripts/faultbroker.sh: 3.10 on 5690, 4.x on 5691), stopped afterwards even
-#      when a stage fails; its table goes to build/faults-<version>.md
-# Branch coverage of each package is combined over all runs and must be >= 95%.
+#
+# After the set-up (venvs, the host's RabbitMQ 3.10 with its management API, and the
+# RabbitMQ 4.0 and 4.3 chroot brokers of scripts/rabbitmq4.sh, both at once) these
+# lanes run at the same time; a lane's stages run one after another:
+#   lint     ruff, mypy
+#   3.10     core + asyncio tests, nameko tests on the host's 3.10 (5672); the fault
+#            suite on a node of its own (scripts/faultbroker.sh --version 3, 5690)
+#   4.0      asyncio + nameko tests on 4.0 (5673); fault suite (--version 4, 5691)
+#   4.3      asyncio + nameko tests on 4.3 (5674); fault suite (--version 4.3, 5693)
+#   py3.13   asyncio + nameko tests on Python 3.13 (.venv-py313) against 3.10
+# Each lane writes build/ci/<lane>.log; the console gets one line per stage as it
+# starts and ends, then every lane's log in full, and a table of the stages with their
+# times. The exit status is non-zero if any stage failed. The fault nodes are stopped
+# even when a stage fails or the run is interrupted; fault tables go to
+# build/faults-<version>.md.
+# Branch coverage of each package is combined over the Python 3.11 runs (parallel
+# data files) and must be >= 95%.
+#
+# Local runs only: AIO_BACKOFF_SKIP_RABBITMQ4=1 skips the 4.0 and 4.3 lanes,
+# AIO_BACKOFF_SKIP_PY313=1 the Python 3.13 lane (both are refused when CI=true);
+# AIO_BACKOFF_SERIAL=1 runs the lanes one after another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
-scripts/broker.sh --management
-with_rabbitmq4=1
-if [[ "${AIO_BACKOFF_SKIP_RABBITMQ4:-0}" == 1 ]]; then
+skip_flag() {  # variable, what it skips: 0 if the lane runs, 1 if skipped
+  [[ "${!1:-0}" == 1 ]] || return 1
   if [[ "${CI:-}" == true ]]; then
-    echo "error: CI tests on RabbitMQ 3 and 4 on every run; AIO_BACKOFF_SKIP_RABBITMQ4=1" \
-      "is for local runs only (unset it)" >&2
+    echo "error: CI runs every lane on every run; $1=1 is for local runs only (unset it)" >&2
     exit 1
   fi
-  echo "warning: AIO_BACKOFF_SKIP_RABBITMQ4=1: the RabbitMQ 4 runs are skipped" >&2
-  with_rabbitmq4=0
+  echo "warning: $1=1: $2 skipped" >&2
+}
+
+scripts/setup.sh
+with_rabbitmq4=1
+skip_flag AIO_BACKOFF_SKIP_RABBITMQ4 "the RabbitMQ 4.0 and 4.3 runs are" && with_rabbitmq4=0
+with_py313=1
+skip_flag AIO_BACKOFF_SKIP_PY313 "the Python 3.13 runs are" && with_py313=0
+if ((with_py313)) && [[ ! -x .venv-py313/bin/python ]]; then
+  if [[ "${CI:-}" == true ]]; then
+    echo "error: no .venv-py313 (scripts/setup.sh found no Python 3.13; set PYTHON313)" >&2
+    exit 1
+  fi
+  echo "warning: no .venv-py313 (no Python 3.13 found): the Python 3.13 runs are skipped" >&2
+  with_py313=0
 fi
-((with_rabbitmq4)) && scripts/rabbitmq4.sh ensure
+
+LOG_DIR=build/ci
+rm -rf "$LOG_DIR"
+mkdir -p "$LOG_DIR"
+
+# The brokers: the chroot set-ups (debootstrap on a fresh machine) run side by side,
+# each one's output prefixed with its version (the script's own lines have one).
+prefixed() {  # prefix, then the command
+  local prefix=$1
+  shift
+  "$@" 2>&1 | sed -u "/^\[rabbitmq4/!s/^/[$prefix] /"
+}
+broker_pids=()
+if ((with_rabbitmq4)); then
+  prefixed 4.0 scripts/rabbitmq4.sh ensure --version 4.0 &
+  broker_pids+=($!)
+  prefixed 4.3 scripts/rabbitmq4.sh ensure --version 4.3 &
+  broker_pids+=($!)
+fi
+scripts/broker.sh --management
+for pid in ${broker_pids[@]+"${broker_pids[@]}"}; do
+  wait "$pid" || { echo "error: a RabbitMQ 4.x broker did not come up (above)" >&2; exit 1; }
+done
 
 bin=.venv/bin
 export PYTHONDONTWRITEBYTECODE=1
-echo "== ruff"; $bin/ruff check .
-echo "== mypy"; $bin/mypy
-
 rm -f .coverage .coverage.*
 status=0
-run() {  # label, then the command
-  local label=$1; shift
+lane=main
+exec 3>&1  # the console; inside a lane, stdout is the lane's log
+
+# run LABEL CMD...: one stage. Its output goes to stdout (the lane's log), a line at
+# its start and end to the console, and a row to the lane's table.
+run() {
+  local label=$1 t0=$SECONDS rc=0 took
+  shift
   echo "== $label"
-  "$@" || status=1
+  [[ $lane == main ]] || echo "[$lane] == $label" >&3
+  "$@" || rc=$?
+  took=$((SECONDS - t0))
+  if ((rc)); then
+    status=1
+    echo "[$lane] -- $label: FAILED (exit $rc) after $took s" >&3
+  else
+    echo "[$lane] -- $label: ok in $took s" >&3
+  fi
+  printf '%s\t%s\t%s\t%s\n' "$lane" "$label" "$((rc ? 1 : 0))" "$took" >>"$LOG_DIR/stages.tsv"
 }
 
-asyncio_tests() {  # broker name
+asyncio_tests() {  # broker name, then pytest arguments
   AIO_BACKOFF_BROKER=$1 $bin/coverage run -m pytest -p no:pytest_eventlet \
     -p no:pytest_nameko tests/core tests/aio tests/interop "${@:2}"
 }
-nameko_tests() {  # broker name, amqp port, api port
+nameko_tests() {  # broker name, amqp port, api port, then pytest arguments
   AIO_BACKOFF_BROKER=$1 $bin/coverage run --concurrency=eventlet -m pytest \
     tests/nameko --amqp-uri "pyamqp://guest:guest@127.0.0.1:$2/" \
     --rabbit-api-uri "http://guest:guest@127.0.0.1:$3" "${@:4}"
 }
-
-fault_nodes=()
-stop_fault_nodes() {
-  local version
-  for version in ${fault_nodes[@]+"${fault_nodes[@]}"}; do
-    scripts/faultbroker.sh stop --version "$version" || true
-  done
-}
-trap stop_fault_nodes EXIT
-fault_tests() {  # broker version: 3 or 4
+fault_tests() {  # broker version: 3, 4 (4.0) or 4.3
   local rc=0
-  fault_nodes+=("$1")
   scripts/faultbroker.sh start --version "$1" &&
     FAULTBROKER_VERSION=$1 $bin/coverage run -m pytest -p no:pytest_eventlet \
       -p no:pytest_nameko tests/faults || rc=1
   scripts/faultbroker.sh stop --version "$1" || true
   return $rc
 }
+# Python 3.13: the same suites, without coverage (the 3.11 runs measure it)
+py313_asyncio_tests() {
+  AIO_BACKOFF_BROKER=rabbitmq3 .venv-py313/bin/python -m pytest -p no:pytest_eventlet \
+    -p no:pytest_nameko tests/core tests/aio tests/interop
+}
+py313_nameko_tests() {
+  AIO_BACKOFF_BROKER=rabbitmq3 .venv-py313/bin/python -m pytest tests/nameko \
+    --amqp-uri "pyamqp://guest:guest@127.0.0.1:5672/" \
+    --rabbit-api-uri "http://guest:guest@127.0.0.1:15672"
+}
 
-run "asyncio tests on RabbitMQ 3" asyncio_tests rabbitmq3
-run "nameko tests on RabbitMQ 3" nameko_tests rabbitmq3 5672 15672
+lane_lint() {
+  run ruff $bin/ruff check .
+  run mypy $bin/mypy
+}
+lane_rabbitmq3() {
+  run "asyncio tests on RabbitMQ 3.10" asyncio_tests rabbitmq3
+  run "nameko tests on RabbitMQ 3.10" nameko_tests rabbitmq3 5672 15672
+  run "fault suite on RabbitMQ 3.10" fault_tests 3
+}
+lane_rabbitmq40() {
+  run "asyncio tests on RabbitMQ 4.0" asyncio_tests rabbitmq4 -m "not core"
+  run "nameko tests on RabbitMQ 4.0" nameko_tests rabbitmq4 5673 15673
+  run "fault suite on RabbitMQ 4.0" fault_tests 4
+}
+lane_rabbitmq43() {
+  run "asyncio tests on RabbitMQ 4.3" asyncio_tests rabbitmq4.3 -m "not core"
+  run "nameko tests on RabbitMQ 4.3" nameko_tests rabbitmq4.3 5674 15674
+  run "fault suite on RabbitMQ 4.3" fault_tests 4.3
+}
+lane_py313() {
+  run "asyncio tests on Python 3.13 (RabbitMQ 3.10)" py313_asyncio_tests
+  run "nameko tests on Python 3.13 (RabbitMQ 3.10)" py313_nameko_tests
+}
+
+lanes=(lint:lane_lint 3.10:lane_rabbitmq3)
+fault_versions=(3)
 if ((with_rabbitmq4)); then
-  run "asyncio tests on RabbitMQ 4" asyncio_tests rabbitmq4 -m "not core"
-  run "nameko tests on RabbitMQ 4" nameko_tests rabbitmq4 5673 15673
+  lanes+=(4.0:lane_rabbitmq40 4.3:lane_rabbitmq43)
+  fault_versions+=(4 4.3)
 fi
-run "fault suite on RabbitMQ 3.10" fault_tests 3
-((with_rabbitmq4)) && run "fault suite on RabbitMQ 4.x" fault_tests 4
+((with_py313)) && lanes+=(py3.13:lane_py313)
 
-echo "== coverage"
-$bin/coverage combine -q
+lane_pids=()
+finish() {  # on exit: no lane outlives the run, and no fault node either
+  local pid version
+  for pid in ${lane_pids[@]+"${lane_pids[@]}"}; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  for version in "${fault_versions[@]}"; do
+    scripts/faultbroker.sh stop --version "$version" >/dev/null 2>&1 || true
+  done
+}
+trap finish EXIT
+
+t0=$SECONDS
+for entry in "${lanes[@]}"; do
+  name=${entry%%:*}
+  echo "== lane $name: ${entry#*:} (log: $LOG_DIR/$name.log)"
+  # a lane: a subshell whose status is that of its stages, in a process group of its
+  # own (set -m) so that finish can stop it with everything it started
+  set -m
+  (
+    lane=$name
+    ${entry#*:}
+    exit $status
+  ) >"$LOG_DIR/$name.log" 2>&1 &
+  set +m
+  if [[ "${AIO_BACKOFF_SERIAL:-0}" == 1 ]]; then
+    wait $! || status=1
+  else
+    lane_pids+=($!)
+  fi
+done
+for pid in ${lane_pids[@]+"${lane_pids[@]}"}; do
+  wait "$pid" || status=1
+done
+lane_pids=()
+lanes_took=$((SECONDS - t0))
+
+for entry in "${lanes[@]}"; do
+  name=${entry%%:*}
+  echo
+  echo "=================== lane $name ($LOG_DIR/$name.log) ==================="
+  cat "$LOG_DIR/$name.log"
+done
+echo
+echo "== stages (lanes ran side by side for $lanes_took s)"
+awk -F '\t' '{ printf "  %-8s %-48s %-7s %5d s\n", $1, $2, ($3 ? "FAILED" : "ok"), $4 }' \
+  "$LOG_DIR/stages.tsv"
+
+run coverage $bin/coverage combine -q
 $bin/coverage report --include='aio_backoff/*' --fail-under=95 || status=1
 $bin/coverage report --include='nameko_bridge/*' --fail-under=95 || status=1
+if ((status)); then
+  echo "FAILED:" && awk -F '\t' '$3 { print "  " $1 ": " $2 }' "$LOG_DIR/stages.tsv"
+fi
 exit $status
