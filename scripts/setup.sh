@@ -22,19 +22,22 @@ dev_venv() {  # directory, python
   if [[ ! -x $1/bin/python || "$(cat "$1/.stamp" 2>/dev/null)" != "$(stamp)" ]]; then
     echo "setup: installing $1 (aio-backoff[nameko,dev], $("$2" -V 2>&1))"
     "$2" -m venv "$1"
-    "$1/bin/pip" install -q --disable-pip-version-check -e ".[nameko,dev]"
+    # one editable install at a time: each writes aio_backoff.egg-info here
+    flock build/.setup.lock "$1/bin/pip" install -q --disable-pip-version-check \
+      -e ".[nameko,dev]"
     stamp >"$1/.stamp"
   fi
 }
 
-dev_venv .venv "$PYTHON"
+upstream_venv() {
+  if [[ ! -x .venv-upstream/bin/nameko ]]; then
+    echo "setup: installing .venv-upstream (nameko-amqp-retry 0.7.1)"
+    "$PYTHON" -m venv .venv-upstream
+    .venv-upstream/bin/pip install -q --disable-pip-version-check \
+      "nameko==2.14.1" "nameko-amqp-retry==0.7.1" "setuptools<82"
+  fi
+}
 
-if [[ ! -x .venv-upstream/bin/nameko ]]; then
-  echo "setup: installing .venv-upstream (nameko-amqp-retry 0.7.1)"
-  "$PYTHON" -m venv .venv-upstream
-  .venv-upstream/bin/pip install -q --disable-pip-version-check \
-    "nameko==2.14.1" "nameko-amqp-retry==0.7.1" "setuptools<82"
-fi
 # A Python 3.13 that runs (a pyenv shim may exist for a version it does not select).
 find_python313() {
   local candidate
@@ -48,13 +51,34 @@ find_python313() {
   return 1
 }
 
+python313=
 if python313=$(find_python313); then
-  dev_venv .venv-py313 "$python313"
+  :
 elif [[ -n "${PYTHON313:-}" ]]; then
   echo "error: PYTHON313=$PYTHON313 is not a working Python 3.13" >&2
   exit 1
 else
   echo "setup: warning: no Python 3.13 found (set PYTHON313=/path/to/python3.13);" \
     ".venv-py313 not created, so scripts/test.sh cannot run the 3.13 stages" >&2
+fi
+
+# The venvs are independent: install them at the same time.
+mkdir -p build
+pids=()
+dev_venv .venv "$PYTHON" &
+pids+=($!)
+upstream_venv &
+pids+=($!)
+if [[ -n $python313 ]]; then
+  dev_venv .venv-py313 "$python313" &
+  pids+=($!)
+fi
+failed=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || failed=1
+done
+if ((failed)); then
+  echo "error: installing a venv failed (pip's output above)" >&2
+  exit 1
 fi
 echo "setup: ready"

@@ -2,25 +2,28 @@
 # The whole test suite: lint, types, then the tests against real brokers.
 #
 # After the set-up (venvs, the host's RabbitMQ 3.10 with its management API, and the
-# RabbitMQ 4.0 and 4.3 chroot brokers of scripts/rabbitmq4.sh, both at once) these
-# lanes run at the same time; a lane's stages run one after another:
-#   lint     ruff, mypy
-#   3.10     core + asyncio tests, nameko tests on the host's 3.10 (5672); the fault
-#            suite on a node of its own (scripts/faultbroker.sh --version 3, 5690)
-#   4.0      asyncio + nameko tests on 4.0 (5673); fault suite (--version 4, 5691)
-#   4.3      asyncio + nameko tests on 4.3 (5674); fault suite (--version 4.3, 5693)
+# RabbitMQ 4.0 and 4.3 chroot brokers of scripts/rabbitmq4.sh, both at once) the
+# stages run in lanes; a lane's stages run one after another, and up to
+# AIO_BACKOFF_LANES lanes (default 3) run at the same time, the longest first:
+#   faults   the fault suite on nodes of its own (scripts/faultbroker.sh), on 3.10
+#            (5690), 4.0 (5691) and 4.3 (5693), one at a time: they restart and kill
+#            their nodes and place 10,000 copies, and are the most sensitive to load
+#   3.10     core + asyncio tests, nameko tests on the host's 3.10 (5672)
+#   4.3      asyncio + nameko tests on 4.3 (5674)
+#   4.0      asyncio + nameko tests on 4.0 (5673)
 #   py3.13   asyncio + nameko tests on Python 3.13 (.venv-py313) against 3.10
+#   lint     ruff, mypy
 # Each lane writes build/ci/<lane>.log; the console gets one line per stage as it
 # starts and ends, then every lane's log in full, and a table of the stages with their
-# times. The exit status is non-zero if any stage failed. The fault nodes are stopped
-# even when a stage fails or the run is interrupted; fault tables go to
-# build/faults-<version>.md.
+# times (also in build/ci/stages.tsv). The exit status is non-zero if any stage
+# failed. The fault nodes are stopped even when a stage fails or the run is
+# interrupted; fault tables go to build/faults-<version>.md.
 # Branch coverage of each package is combined over the Python 3.11 runs (parallel
 # data files) and must be >= 95%.
 #
-# Local runs only: AIO_BACKOFF_SKIP_RABBITMQ4=1 skips the 4.0 and 4.3 lanes,
-# AIO_BACKOFF_SKIP_PY313=1 the Python 3.13 lane (both are refused when CI=true);
-# AIO_BACKOFF_SERIAL=1 runs the lanes one after another.
+# Local runs only: AIO_BACKOFF_SKIP_RABBITMQ4=1 skips everything on 4.0 and 4.3,
+# AIO_BACKOFF_SKIP_PY313=1 the Python 3.13 lane (both are refused when CI=true).
+# AIO_BACKOFF_LANES=1 runs the lanes one after another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -84,7 +87,7 @@ run() {
   shift
   echo "== $label"
   [[ $lane == main ]] || echo "[$lane] == $label" >&3
-  "$@" || rc=$?
+  "$@" 3>&- || rc=$?
   took=$((SECONDS - t0))
   if ((rc)); then
     status=1
@@ -123,37 +126,45 @@ py313_nameko_tests() {
     --rabbit-api-uri "http://guest:guest@127.0.0.1:15672"
 }
 
-lane_lint() {
-  run ruff $bin/ruff check .
-  run mypy $bin/mypy
+fault_versions=(3)
+((with_rabbitmq4)) && fault_versions+=(4 4.3)
+lane_faults() {
+  local version
+  for version in "${fault_versions[@]}"; do
+    run "fault suite on RabbitMQ $([[ $version == 4 ]] && echo 4.0 || echo "$version")" \
+      fault_tests "$version"
+  done
 }
 lane_rabbitmq3() {
   run "asyncio tests on RabbitMQ 3.10" asyncio_tests rabbitmq3
   run "nameko tests on RabbitMQ 3.10" nameko_tests rabbitmq3 5672 15672
-  run "fault suite on RabbitMQ 3.10" fault_tests 3
 }
 lane_rabbitmq40() {
   run "asyncio tests on RabbitMQ 4.0" asyncio_tests rabbitmq4 -m "not core"
   run "nameko tests on RabbitMQ 4.0" nameko_tests rabbitmq4 5673 15673
-  run "fault suite on RabbitMQ 4.0" fault_tests 4
 }
 lane_rabbitmq43() {
   run "asyncio tests on RabbitMQ 4.3" asyncio_tests rabbitmq4.3 -m "not core"
   run "nameko tests on RabbitMQ 4.3" nameko_tests rabbitmq4.3 5674 15674
-  run "fault suite on RabbitMQ 4.3" fault_tests 4.3
 }
 lane_py313() {
   run "asyncio tests on Python 3.13 (RabbitMQ 3.10)" py313_asyncio_tests
   run "nameko tests on Python 3.13 (RabbitMQ 3.10)" py313_nameko_tests
 }
+lane_lint() {
+  run ruff $bin/ruff check .
+  run mypy $bin/mypy
+}
 
-lanes=(lint:lane_lint 3.10:lane_rabbitmq3)
-fault_versions=(3)
-if ((with_rabbitmq4)); then
-  lanes+=(4.0:lane_rabbitmq40 4.3:lane_rabbitmq43)
-  fault_versions+=(4 4.3)
-fi
+lanes=(faults:lane_faults 3.10:lane_rabbitmq3)
+((with_rabbitmq4)) && lanes+=(4.3:lane_rabbitmq43 4.0:lane_rabbitmq40)
 ((with_py313)) && lanes+=(py3.13:lane_py313)
+lanes+=(lint:lane_lint)
+max_lanes=${AIO_BACKOFF_LANES:-3}
+[[ $max_lanes =~ ^[1-9][0-9]*$ ]] || {
+  echo "error: AIO_BACKOFF_LANES must be a whole number >= 1, got '$max_lanes'" >&2
+  exit 1
+}
 
 lane_pids=()
 finish() {  # on exit: no lane outlives the run, and no fault node either
@@ -170,6 +181,15 @@ trap finish EXIT
 t0=$SECONDS
 for entry in "${lanes[@]}"; do
   name=${entry%%:*}
+  while ((${#lane_pids[@]} >= max_lanes)); do  # wait for a free slot
+    done_pid=
+    wait -n -p done_pid "${lane_pids[@]}" || status=1
+    remaining=()
+    for pid in "${lane_pids[@]}"; do
+      [[ $pid == "$done_pid" ]] || remaining+=("$pid")
+    done
+    lane_pids=(${remaining[@]+"${remaining[@]}"})
+  done
   echo "== lane $name: ${entry#*:} (log: $LOG_DIR/$name.log)"
   # a lane: a subshell whose status is that of its stages, in a process group of its
   # own (set -m) so that finish can stop it with everything it started
@@ -180,11 +200,7 @@ for entry in "${lanes[@]}"; do
     exit $status
   ) >"$LOG_DIR/$name.log" 2>&1 &
   set +m
-  if [[ "${AIO_BACKOFF_SERIAL:-0}" == 1 ]]; then
-    wait $! || status=1
-  else
-    lane_pids+=($!)
-  fi
+  lane_pids+=($!)
 done
 for pid in ${lane_pids[@]+"${lane_pids[@]}"}; do
   wait "$pid" || status=1
@@ -199,7 +215,7 @@ for entry in "${lanes[@]}"; do
   cat "$LOG_DIR/$name.log"
 done
 echo
-echo "== stages (lanes ran side by side for $lanes_took s)"
+echo "== stages (the lanes took $lanes_took s, up to $max_lanes at a time)"
 awk -F '\t' '{ printf "  %-8s %-48s %-7s %5d s\n", $1, $2, ($3 ? "FAILED" : "ok"), $4 }' \
   "$LOG_DIR/stages.tsv"
 
