@@ -33,6 +33,7 @@ from aio_backoff.aiopika._rpc import BackoffRPC
 from aio_backoff.core._protocol import DELAY_HEADER, RETRIES_HEADER
 from tests import brokers
 from tests.aio.retrying import FAST_FAILURES, get_one
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
 
@@ -572,7 +573,11 @@ async def test_call_survives_a_failed_requeue(
 
         assert check.declaration_result.message_count == 1
         assert replies.replies == []
-        assert any("could not requeue" in r.getMessage() for r in caplog.records)
+        # logged once the failed nack comes back, which may be after the close
+        await wait_until(
+            lambda: any("could not requeue" in r.getMessage() for r in caplog.records),
+            what="the 'could not requeue' warning",
+        )
     finally:
         await plain.close()
 
