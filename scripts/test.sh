@@ -27,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-skip_flag() {  # variable, what it skips: 0 if the lane runs, 1 if skipped
+skip_flag() {  # variable, what it skips; true when the variable asks to skip it
   [[ "${!1:-0}" == 1 ]] || return 1
   if [[ "${CI:-}" == true ]]; then
     echo "error: CI runs every lane on every run; $1=1 is for local runs only (unset it)" >&2
@@ -131,8 +131,11 @@ fault_versions=(3)
 lane_faults() {
   local version
   for version in "${fault_versions[@]}"; do
-    run "fault suite on RabbitMQ $([[ $version == 4 ]] && echo 4.0 || echo "$version")" \
-      fault_tests "$version"
+    case $version in
+    3) run "fault suite on RabbitMQ 3.10" fault_tests 3 ;;
+    4) run "fault suite on RabbitMQ 4.0" fault_tests 4 ;;
+    *) run "fault suite on RabbitMQ $version" fault_tests "$version" ;;
+    esac
   done
 }
 lane_rabbitmq3() {
