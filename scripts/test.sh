@@ -3,16 +3,18 @@
 #
 # After the set-up (venvs, the host's RabbitMQ 3.10 with its management API, and the
 # RabbitMQ 4.0 and 4.3 chroot brokers of scripts/rabbitmq4.sh, both at once) the
-# stages run in lanes; a lane's stages run one after another, and up to
-# AIO_BACKOFF_LANES lanes (default 3) run at the same time, the longest first:
-#   faults   the fault suite on nodes of its own (scripts/faultbroker.sh), on 3.10
-#            (5690), 4.0 (5691) and 4.3 (5693), one at a time: they restart and kill
-#            their nodes and place 10,000 copies, and are the most sensitive to load
+# stages run in lanes, a lane's stages one after another. First the test lanes, up to
+# AIO_BACKOFF_LANES (default 4) at the same time, the longest first:
 #   3.10     core + asyncio tests, nameko tests on the host's 3.10 (5672)
 #   4.3      asyncio + nameko tests on 4.3 (5674)
 #   4.0      asyncio + nameko tests on 4.0 (5673)
 #   py3.13   asyncio + nameko tests on Python 3.13 (.venv-py313) against 3.10
 #   lint     ruff, mypy
+# then, alone, the lane
+#   faults   the fault suite on nodes of its own (scripts/faultbroker.sh) on 3.10
+#            (5690), 4.0 (5691) and 4.3 (5693), one after another: they restart and
+#            kill their nodes and place 10,000 copies against the clock, and failed
+#            next to the other lanes on a loaded machine.
 # Each lane writes build/ci/<lane>.log; the console gets one line per stage as it
 # starts and ends, then every lane's log in full, and a table of the stages with their
 # times (also in build/ci/stages.tsv). The exit status is non-zero if any stage
@@ -23,7 +25,7 @@
 #
 # Local runs only: AIO_BACKOFF_SKIP_RABBITMQ4=1 skips everything on 4.0 and 4.3,
 # AIO_BACKOFF_SKIP_PY313=1 the Python 3.13 lane (both are refused when CI=true).
-# AIO_BACKOFF_LANES=1 runs the lanes one after another.
+# AIO_BACKOFF_LANES=1 runs the test lanes one after another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -159,11 +161,13 @@ lane_lint() {
   run mypy $bin/mypy
 }
 
-lanes=(faults:lane_faults 3.10:lane_rabbitmq3)
-((with_rabbitmq4)) && lanes+=(4.3:lane_rabbitmq43 4.0:lane_rabbitmq40)
-((with_py313)) && lanes+=(py3.13:lane_py313)
-lanes+=(lint:lane_lint)
-max_lanes=${AIO_BACKOFF_LANES:-3}
+# the test lanes (the longest first), then the fault suites alone
+test_lanes=(3.10:lane_rabbitmq3)
+((with_rabbitmq4)) && test_lanes+=(4.3:lane_rabbitmq43 4.0:lane_rabbitmq40)
+((with_py313)) && test_lanes+=(py3.13:lane_py313)
+test_lanes+=(lint:lane_lint)
+lanes=("${test_lanes[@]}" faults:lane_faults)
+max_lanes=${AIO_BACKOFF_LANES:-4}
 [[ $max_lanes =~ ^[1-9][0-9]*$ ]] || {
   echo "error: AIO_BACKOFF_LANES must be a whole number >= 1, got '$max_lanes'" >&2
   exit 1
@@ -181,35 +185,41 @@ finish() {  # on exit: no lane outlives the run, and no fault node either
 }
 trap finish EXIT
 
-t0=$SECONDS
-for entry in "${lanes[@]}"; do
-  name=${entry%%:*}
-  while ((${#lane_pids[@]} >= max_lanes)); do  # wait for a free slot
-    done_pid=
-    wait -n -p done_pid "${lane_pids[@]}" || status=1
-    remaining=()
-    for pid in "${lane_pids[@]}"; do
-      [[ $pid == "$done_pid" ]] || remaining+=("$pid")
-    done
-    lane_pids=(${remaining[@]+"${remaining[@]}"})
+reap_one() {  # wait for one of lane_pids to end; drop it from the list
+  local done_pid= pid remaining=()
+  wait -n -p done_pid "${lane_pids[@]}" || status=1
+  for pid in "${lane_pids[@]}"; do
+    [[ $pid == "$done_pid" ]] || remaining+=("$pid")
   done
-  echo "== lane $name: ${entry#*:} (log: $LOG_DIR/$name.log)"
-  # a lane: a subshell whose status is that of its stages, in a process group of its
-  # own (set -m) so that finish can stop it with everything it started
-  set -m
-  (
-    lane=$name
-    ${entry#*:}
-    exit $status
-  ) >"$LOG_DIR/$name.log" 2>&1 &
-  set +m
-  lane_pids+=($!)
-done
-for pid in ${lane_pids[@]+"${lane_pids[@]}"}; do
-  wait "$pid" || status=1
-done
-lane_pids=()
-lanes_took=$((SECONDS - t0))
+  lane_pids=(${remaining[@]+"${remaining[@]}"})
+}
+
+run_lanes() {  # how many at once, then name:function entries
+  local max=$1 entry name
+  shift
+  for entry in "$@"; do
+    name=${entry%%:*}
+    while ((${#lane_pids[@]} >= max)); do reap_one; done
+    echo "== lane $name: ${entry#*:} (log: $LOG_DIR/$name.log)"
+    # a lane: a subshell whose status is that of its stages, in a process group of
+    # its own (set -m) so that finish can stop it with everything it started
+    set -m
+    (
+      lane=$name
+      ${entry#*:}
+      exit $status
+    ) >"$LOG_DIR/$name.log" 2>&1 &
+    set +m
+    lane_pids+=($!)
+  done
+  while ((${#lane_pids[@]})); do reap_one; done
+}
+
+t0=$SECONDS
+run_lanes "$max_lanes" "${test_lanes[@]}"
+tests_took=$((SECONDS - t0))
+run_lanes 1 faults:lane_faults
+faults_took=$((SECONDS - t0 - tests_took))
 
 for entry in "${lanes[@]}"; do
   name=${entry%%:*}
@@ -218,7 +228,7 @@ for entry in "${lanes[@]}"; do
   cat "$LOG_DIR/$name.log"
 done
 echo
-echo "== stages (the lanes took $lanes_took s, up to $max_lanes at a time)"
+echo "== stages (test lanes: $tests_took s, up to $max_lanes at a time; fault suites: $faults_took s)"
 awk -F '\t' '{ printf "  %-8s %-48s %-7s %5d s\n", $1, $2, ($3 ? "FAILED" : "ok"), $4 }' \
   "$LOG_DIR/stages.tsv"
 
