@@ -4,17 +4,22 @@
 #
 #   --version 3 (default)  the host's RabbitMQ 3.10, node faults3@localhost
 #                          AMQP 127.0.0.1:5690, management 15690, distribution 25690
-#   --version 4            RabbitMQ 4.x in the chroot of scripts/rabbitmq4.sh,
+#   --version 4            RabbitMQ 4.0 in the chroot of scripts/rabbitmq4.sh,
 #                          node faults4@localhost
 #                          AMQP 127.0.0.1:5691, management 15691, distribution 25691
+#   --version 4.3          RabbitMQ 4.3 in the chroot of scripts/rabbitmq4.sh --version
+#                          4.3, node faults43@localhost
+#                          AMQP 127.0.0.1:5693, management 15693, distribution 25693
+#                          (not 5692: its management port would be 15692, the
+#                          Prometheus plugin's)
 #
 # Each node has its own config file, env file, mnesia, log and pid file, owned by
 # the rabbitmq user. It shares the epmd and the Erlang cookie of its installation
-# (the host's on 4369, the chroot's on 4370) and never stops either of them, so
-# the shared nodes (rabbit@localhost on 5672, rabbit4@localhost on 5673) are not
-# disturbed.
+# (the host's on 4369, the 4.0 chroot's on 4370, the 4.3 chroot's on 4371) and never
+# stops any of them, so the shared nodes (rabbit@localhost on 5672, rabbit4@localhost
+# on 5673, rabbit43@localhost on 5674) are not disturbed.
 #
-# Usage: scripts/faultbroker.sh {start|stop|restart|kill|status|ctl ARGS...} [--version 3|4]
+# Usage: scripts/faultbroker.sh {start|stop|restart|kill|status|ctl ARGS...} [--version 3|4|4.3]
 #   start    start the node and wait until AMQP and management answer; a no-op
 #            when it is up already. Keeps the data of a killed node.
 #   stop     shut the node down (kill -9 if it does not stop) and delete its data
@@ -26,7 +31,8 @@
 #   ctl ARGS run rabbitmqctl ARGS against the node (e.g. ctl close_all_connections x)
 #
 # Environment: FAULTBROKER_VERSION (default 3; --version wins), FAULTBROKER_TIMEOUT
-# (seconds to wait for the node, default 90), RABBITMQ4_ROOT (the 4.x chroot).
+# (seconds to wait for the node, default 90), RABBITMQ4_ROOT (the 4.0 chroot),
+# RABBITMQ43_ROOT (the 4.3 chroot).
 # Needs root.
 set -euo pipefail
 export LC_ALL=C
@@ -35,7 +41,7 @@ version=${FAULTBROKER_VERSION:-3}
 args=()
 while (($#)); do
     case $1 in
-    --version) version=${2:?--version needs 3 or 4}; shift 2 ;;
+    --version) version=${2:?--version needs 3, 4 or 4.3}; shift 2 ;;
     --version=*) version=${1#--version=}; shift ;;
     *) args+=("$1"); shift ;;
     esac
@@ -43,6 +49,8 @@ done
 set -- "${args[@]+"${args[@]}"}"
 
 TIMEOUT=${FAULTBROKER_TIMEOUT:-90}
+EXTRA_CONF=
+CHROOT_VERSION=
 case $version in
 3)
     ROOT=/ # the host's installation
@@ -68,9 +76,26 @@ case $version in
     CTL_DIST_MAX=35739
     STATE=/var/lib/aio-backoff-faults4 # inside the chroot
     LOCK=$ROOT.faults4.lock
+    CHROOT_VERSION=4.0 # scripts/rabbitmq4.sh's
+    ;;
+4.3)
+    ROOT=${RABBITMQ43_ROOT:-/var/lib/aio-backoff/rabbitmq43-root}
+    ROOT=${ROOT%/}
+    NODE=faults43@localhost
+    AMQP_PORT=5693
+    MGMT_PORT=15693
+    DIST_PORT=25693
+    EPMD_PORT=4371 # the 4.3 chroot's epmd (scripts/rabbitmq4.sh --version 4.3)
+    CTL_DIST_MIN=35750
+    CTL_DIST_MAX=35759
+    STATE=/var/lib/aio-backoff-faults43 # inside the chroot
+    LOCK=$ROOT.faults43.lock
+    CHROOT_VERSION=4.3
+    # as scripts/rabbitmq4.sh: deny what upstream 4.3 denies (Debian permits it)
+    EXTRA_CONF='deprecated_features.permit.transient_nonexcl_queues = false'
     ;;
 *)
-    echo "faultbroker: --version must be 3 or 4, got '$version'" >&2
+    echo "faultbroker: --version must be 3, 4 or 4.3, got '$version'" >&2
     exit 2
     ;;
 esac
@@ -129,12 +154,12 @@ as_rabbitmq() {
 
 ctl() { mount_api; as_rabbitmq rabbitmqctl -n "$NODE" "$@"; }
 
-# The 4.x chroot needs /proc, /sys and /dev; scripts/rabbitmq4.sh mounts them for
+# A 4.x chroot needs /proc, /sys and /dev; scripts/rabbitmq4.sh mounts them for
 # its own node and unmounts them on its stop, so mount what is missing.
 mount_api() {
     [ "$ROOT" != / ] || return 0
     [ -x "$ROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ] ||
-        die "no RabbitMQ in $ROOT; run: scripts/rabbitmq4.sh setup"
+        die "no RabbitMQ in $ROOT; run: scripts/rabbitmq4.sh setup --version $CHROOT_VERSION"
     mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
     mountpoint -q "$ROOT/sys" || mount -t sysfs -o ro sysfs "$ROOT/sys"
     mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
@@ -151,6 +176,7 @@ management.tcp.port = $MGMT_PORT
 disk_free_limit.absolute = 50MB
 # the suite reads queues and connections through the management API: fresh figures
 collect_statistics_interval = 500
+$EXTRA_CONF
 EOF
     # read instead of the installation's rabbitmq-env.conf; node_env sets the rest
     echo '# Written by aio-backoff scripts/faultbroker.sh.' >"$HOST_STATE/rabbitmq-env.conf"
@@ -285,7 +311,7 @@ kill) cmd_kill ;;
 status) cmd_status ;;
 ctl) shift && ctl "$@" ;;
 *)
-    echo "usage: $0 {start|stop|restart|kill|status|ctl ARGS...} [--version 3|4]" >&2
+    echo "usage: $0 {start|stop|restart|kill|status|ctl ARGS...} [--version 3|4|4.3]" >&2
     exit 2
     ;;
 esac

@@ -1,41 +1,91 @@
 #!/usr/bin/env bash
-# Run a RabbitMQ 4.x broker (Debian trixie's rabbitmq-server package) inside a
+# Run a RabbitMQ 4.x broker (a Debian rabbitmq-server package) inside a
 # debootstrap chroot, side by side with the host's own broker. It shares the
-# host network namespace but uses its own ports, epmd, node name and cookie:
+# host network namespace but uses its own ports, epmd, node name and cookie, so
+# the host's 3.10 (5672) and both versions below can run at once:
 #
-#   AMQP         127.0.0.1:5673   (guest/guest)
-#   management   127.0.0.1:15673
-#   distribution 127.0.0.1:25673, epmd 127.0.0.1:4370, node rabbit4@localhost
+#   --version 4.0 (default)  Debian trixie's rabbitmq-server 4.0.x
+#       chroot /var/lib/aio-backoff/rabbitmq4-root (RABBITMQ4_ROOT)
+#       AMQP 127.0.0.1:5673 (guest/guest), management 127.0.0.1:15673
+#       distribution 127.0.0.1:25673, epmd 127.0.0.1:4370, node rabbit4@localhost
+#       CLI distribution ports 35700-35710
+#   --version 4.3            Debian sid's rabbitmq-server 4.3.x
+#       chroot /var/lib/aio-backoff/rabbitmq43-root (RABBITMQ43_ROOT)
+#       AMQP 127.0.0.1:5674 (guest/guest), management 127.0.0.1:15674
+#       distribution 127.0.0.1:25674, epmd 127.0.0.1:4371, node rabbit43@localhost
+#       CLI distribution ports 35740-35749
 #
-# Usage: scripts/rabbitmq4.sh {setup|start|stop|status|ensure|ctl ARGS...}
+# Usage: scripts/rabbitmq4.sh {setup|start|stop|status|ensure|ctl ARGS...} [--version 4.0|4.3]
 #   setup   build the chroot and install rabbitmq-server in it (idempotent)
 #   start   start the broker and wait until AMQP and management answer
 #   stop    stop the broker and unmount what start mounted
 #   status  print the broker version; non-zero exit if it does not answer
 #   ensure  setup + start (no-op when already running); what CI calls
-#   ctl ARGS...  run rabbitmqctl ARGS against the 4.x node (e.g. ctl list_queues)
+#   ctl ARGS...  run rabbitmqctl ARGS against the node (e.g. ctl list_queues)
+# --version (or --version=V) may come anywhere; "4" means 4.0. Everything after
+# `ctl` other than --version goes to rabbitmqctl.
 #
 # Environment:
-#   RABBITMQ4_ROOT     chroot location (default /var/lib/aio-backoff/rabbitmq4-root)
+#   RABBITMQ4_VERSION  4.0 (default) or 4.3; --version wins
+#   RABBITMQ4_ROOT     the 4.0 chroot (default /var/lib/aio-backoff/rabbitmq4-root)
+#   RABBITMQ43_ROOT    the 4.3 chroot (default /var/lib/aio-backoff/rabbitmq43-root)
 #   RABBITMQ4_MIRROR   Debian mirror (default: the one the host's apt uses)
 #   RABBITMQ4_TIMEOUT  seconds to wait for the broker to answer (default 120)
 #
 # Needs root (debootstrap, chroot, mount).
 set -euo pipefail
 
-ROOT=${RABBITMQ4_ROOT:-/var/lib/aio-backoff/rabbitmq4-root}
+VERSION=${RABBITMQ4_VERSION:-4.0}
+args=()
+while (($#)); do
+    case $1 in
+    --version) VERSION=${2:?--version needs 4.0 or 4.3}; shift 2 ;;
+    --version=*) VERSION=${1#--version=}; shift ;;
+    *) args+=("$1"); shift ;;
+    esac
+done
+set -- "${args[@]+"${args[@]}"}"
+
+case $VERSION in
+4 | 4.0)
+    VERSION=4.0
+    ROOT=${RABBITMQ4_ROOT:-/var/lib/aio-backoff/rabbitmq4-root}
+    SUITE=trixie
+    NODE=rabbit4@localhost
+    AMQP_PORT=5673
+    MGMT_PORT=15673
+    DIST_PORT=25673
+    EPMD_PORT=4370
+    # Ports used by the CLI tools' own Erlang nodes; kept clear of the host
+    # broker's default CLI range (35672-35682) and of scripts/faultbroker.sh's.
+    CTL_DIST_MIN=35700
+    CTL_DIST_MAX=35710
+    LOG_TAG=rabbitmq4
+    EXTRA_CONF=
+    ;;
+4.3)
+    ROOT=${RABBITMQ43_ROOT:-/var/lib/aio-backoff/rabbitmq43-root}
+    SUITE=sid
+    NODE=rabbit43@localhost
+    AMQP_PORT=5674
+    MGMT_PORT=15674
+    DIST_PORT=25674
+    EPMD_PORT=4371
+    CTL_DIST_MIN=35740
+    CTL_DIST_MAX=35749
+    LOG_TAG=rabbitmq4.3
+    # Upstream 4.3.0 denies transient (non-durable) non-exclusive queues by
+    # default; Debian patches that back to permitted. Deny them as upstream does,
+    # so that the tests see what a 4.3 broker from rabbitmq.com refuses.
+    EXTRA_CONF='deprecated_features.permit.transient_nonexcl_queues = false'
+    ;;
+*)
+    echo "rabbitmq4: --version must be 4.0 or 4.3, got '$VERSION'" >&2
+    exit 2
+    ;;
+esac
 ROOT=${ROOT%/}
 TIMEOUT=${RABBITMQ4_TIMEOUT:-120}
-SUITE=trixie
-NODE=rabbit4@localhost
-AMQP_PORT=5673
-MGMT_PORT=15673
-DIST_PORT=25673
-EPMD_PORT=4370
-# Ports used by the CLI tools' own Erlang nodes; kept clear of the host
-# broker's default CLI range (35672-35682).
-CTL_DIST_MIN=35700
-CTL_DIST_MAX=35710
 SETUP_MARKER=$ROOT/.aio-backoff-setup-done
 STARTUP_LOG=/var/log/rabbitmq/startup.log # inside the chroot
 CHROOT_PATH=/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -43,9 +93,9 @@ CHROOT_PATH=/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin:/sbin:/bin
 BROKER_ENV=(PATH="$CHROOT_PATH" HOME=/var/lib/rabbitmq LANG=C.UTF-8 LC_ALL=C.UTF-8)
 export LC_ALL=C
 
-log() { printf '[rabbitmq4] %s\n' "$*"; }
+log() { printf '[%s] %s\n' "$LOG_TAG" "$*"; }
 die() {
-    printf '[rabbitmq4] ERROR: %s\n' "$*" >&2
+    printf '[%s] ERROR: %s\n' "$LOG_TAG" "$*" >&2
     exit 1
 }
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
@@ -61,16 +111,25 @@ take_lock() {
 
 # --- host side -------------------------------------------------------------
 
+missing_host_tools() {
+    command -v debootstrap >/dev/null || echo debootstrap
+    command -v curl >/dev/null || echo curl
+}
+
 ensure_host_tools() {
-    local missing=()
-    command -v debootstrap >/dev/null || missing+=(debootstrap)
-    command -v curl >/dev/null || missing+=(curl)
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing on host: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # Refresh package lists only when the install fails without it.
-    apt-get install -y "${missing[@]}" ||
-        { apt-get update && apt-get install -y "${missing[@]}"; }
+    [ -n "$(missing_host_tools)" ] || return 0
+    # Both versions may be set up at once: one apt-get at a time.
+    (
+        flock -w 900 8 || die "could not lock $(dirname "$ROOT")/host-tools.lock"
+        local missing
+        mapfile -t missing < <(missing_host_tools)
+        [ ${#missing[@]} -eq 0 ] && exit 0
+        log "installing on host: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # Refresh package lists only when the install fails without it.
+        apt-get install -y "${missing[@]}" ||
+            { apt-get update && apt-get install -y "${missing[@]}"; }
+    ) 8>>"$(dirname "$ROOT")/host-tools.lock"
 }
 
 # Archive URIs from the host's enabled apt sources (deb822 and one-line
@@ -96,7 +155,7 @@ host_mirror_candidates() {
     done
 }
 
-# First host mirror that actually serves the trixie suite.
+# First host mirror that actually serves $SUITE.
 pick_mirror() {
     if [ -n "${RABBITMQ4_MIRROR:-}" ]; then
         echo "${RABBITMQ4_MIRROR%/}"
@@ -177,14 +236,18 @@ mount_api() {
     mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
 }
 
-# Highest id below 1000 that is free as both uid and gid, on the host and in
-# the chroot, so the broker's user owns nothing and signals nothing outside.
+# Highest id below 1000 that is free as both uid and gid, on the host, in the
+# chroot and in the other chroots next to it (the other 4.x version), so the
+# broker's user owns nothing and signals nothing outside its chroot.
 free_system_id() {
-    local n db
+    local n db f
     for ((n = 999; n >= 100; n--)); do
         for db in passwd group; do
             getent "$db" "$n" >/dev/null && continue 2
-            awk -F: -v n="$n" '$3 == n { f = 1 } END { exit !f }' "$ROOT/etc/$db" && continue 2
+            for f in "$ROOT/etc/$db" "$(dirname "$ROOT")"/*/etc/"$db"; do
+                [ -r "$f" ] || continue
+                awk -F: -v n="$n" '$3 == n { f = 1 } END { exit !f }' "$f" && continue 3
+            done
         done
         echo "$n"
         return 0
@@ -217,6 +280,7 @@ write_config() {
 listeners.tcp.local = 127.0.0.1:$AMQP_PORT
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $MGMT_PORT
+$EXTRA_CONF
 EOF
     # Sourced by the server and CLI scripts, so rabbitmqctl inside the chroot
     # finds this node through its own epmd.
@@ -302,7 +366,7 @@ cmd_setup() {
 
 cmd_start() {
     need_root
-    [ -f "$SETUP_MARKER" ] || die "not set up; run: $0 setup"
+    [ -f "$SETUP_MARKER" ] || die "not set up; run: $0 setup --version $VERSION"
     take_lock
     if is_up; then
         log "start: already running (RabbitMQ $(mgmt_version) on 127.0.0.1:$AMQP_PORT)"
@@ -378,7 +442,7 @@ cmd_status() {
 
 cmd_ctl() {
     need_root
-    [ -f "$SETUP_MARKER" ] || die "not set up; run: $0 setup"
+    [ -f "$SETUP_MARKER" ] || die "not set up; run: $0 setup --version $VERSION"
     as_rabbitmq rabbitmqctl "$@"
 }
 
@@ -398,7 +462,7 @@ status) cmd_status ;;
 ensure) cmd_ensure ;;
 ctl) shift && cmd_ctl "$@" ;;
 *)
-    echo "usage: $0 {setup|start|stop|status|ensure|ctl ARGS...}" >&2
+    echo "usage: $0 {setup|start|stop|status|ensure|ctl ARGS...} [--version 4.0|4.3]" >&2
     exit 2
     ;;
 esac

@@ -3,6 +3,9 @@
 #   .venv           aio-backoff with the nameko extra and the dev tools
 #   .venv-upstream  nameko-amqp-retry 0.7.1, the library we replace (benchmarks and
 #                   migration tests run it as a separate service)
+#   .venv-py313     the same as .venv on Python 3.13 (scripts/test.sh runs both suites
+#                   on it too), when a Python 3.13 is found: $PYTHON313, python3.13 on
+#                   PATH, or pyenv's 3.13.x; without one it is skipped with a warning
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,17 +18,67 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 stamp() { sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12; }
 
-if [[ ! -x .venv/bin/python || "$(cat .venv/.stamp 2>/dev/null)" != "$(stamp)" ]]; then
-  echo "setup: installing .venv (aio-backoff[nameko,dev])"
-  "$PYTHON" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[nameko,dev]"
-  stamp >.venv/.stamp
+dev_venv() {  # directory, python
+  if [[ ! -x $1/bin/python || "$(cat "$1/.stamp" 2>/dev/null)" != "$(stamp)" ]]; then
+    echo "setup: installing $1 (aio-backoff[nameko,dev], $("$2" -V 2>&1))"
+    "$2" -m venv "$1"
+    # one editable install at a time: each writes aio_backoff.egg-info here
+    flock build/.setup.lock "$1/bin/pip" install -q --disable-pip-version-check \
+      -e ".[nameko,dev]"
+    stamp >"$1/.stamp"
+  fi
+}
+
+upstream_venv() {
+  if [[ ! -x .venv-upstream/bin/nameko ]]; then
+    echo "setup: installing .venv-upstream (nameko-amqp-retry 0.7.1)"
+    "$PYTHON" -m venv .venv-upstream
+    .venv-upstream/bin/pip install -q --disable-pip-version-check \
+      "nameko==2.14.1" "nameko-amqp-retry==0.7.1" "setuptools<82"
+  fi
+}
+
+# A Python 3.13 that runs (a pyenv shim may exist for a version it does not select).
+find_python313() {
+  local candidate
+  for candidate in ${PYTHON313:+"$PYTHON313"} python3.13 \
+    "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.13*/bin/python3.13; do
+    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+python313=
+if python313=$(find_python313); then
+  :
+elif [[ -n "${PYTHON313:-}" ]]; then
+  echo "error: PYTHON313=$PYTHON313 is not a working Python 3.13" >&2
+  exit 1
+else
+  echo "setup: warning: no Python 3.13 found (set PYTHON313=/path/to/python3.13);" \
+    ".venv-py313 not created, so scripts/test.sh cannot run the 3.13 stages" >&2
 fi
 
-if [[ ! -x .venv-upstream/bin/nameko ]]; then
-  echo "setup: installing .venv-upstream (nameko-amqp-retry 0.7.1)"
-  "$PYTHON" -m venv .venv-upstream
-  .venv-upstream/bin/pip install -q --disable-pip-version-check \
-    "nameko==2.14.1" "nameko-amqp-retry==0.7.1" "setuptools<82"
+# The venvs are independent: install them at the same time.
+mkdir -p build
+pids=()
+dev_venv .venv "$PYTHON" &
+pids+=($!)
+upstream_venv &
+pids+=($!)
+if [[ -n $python313 ]]; then
+  dev_venv .venv-py313 "$python313" &
+  pids+=($!)
+fi
+failed=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || failed=1
+done
+if ((failed)); then
+  echo "error: installing a venv failed (pip's output above)" >&2
+  exit 1
 fi
 echo "setup: ready"

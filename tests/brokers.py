@@ -1,7 +1,8 @@
 """Which real broker the broker tests talk to.
 
-``AIO_BACKOFF_BROKER`` names it: ``rabbitmq3`` (default, the machine's 3.10 on 5672)
-or ``rabbitmq4`` (the 4.x broker of ``scripts/rabbitmq4.sh`` on 5673).
+``AIO_BACKOFF_BROKER`` names it: ``rabbitmq3`` (default, the machine's 3.10 on 5672),
+``rabbitmq4`` (the 4.0 broker of ``scripts/rabbitmq4.sh`` on 5673) or ``rabbitmq4.3``
+(``scripts/rabbitmq4.sh --version 4.3`` on 5674).
 ``AIO_BACKOFF_AMQP_URL`` / ``AIO_BACKOFF_API_URL`` override the addresses.
 This module imports neither aio-pika nor nameko: both test processes use it.
 """
@@ -20,7 +21,7 @@ class Broker:
 
     @property
     def major(self) -> int:
-        return 4 if self.name == "rabbitmq4" else 3
+        return 3 if self.name == "rabbitmq3" else 4
 
 
 _KNOWN = {
@@ -31,6 +32,10 @@ _KNOWN = {
     "rabbitmq4": (
         "amqp://guest:guest@127.0.0.1:5673/",
         "http://guest:guest@127.0.0.1:15673",
+    ),
+    "rabbitmq4.3": (
+        "amqp://guest:guest@127.0.0.1:5674/",
+        "http://guest:guest@127.0.0.1:15674",
     ),
 }
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 
 from tests import brokers
+
+# No per-example deadline (200 ms by default): on a loaded CI machine, under coverage
+# and next to other test lanes, examples took longer and failed as Flaky.
+settings.register_profile("aio-backoff", deadline=None)
+settings.load_profile("aio-backoff")
 
 
 def pytest_report_header() -> str:

@@ -200,6 +200,27 @@ class BackoffRPC(RPC):
         await rpc.initialize(**kwargs)
         return rpc
 
+    async def initialize(
+        self,
+        auto_delete: bool = True,
+        durable: bool = False,
+        exchange: str = "",
+        **kwargs: Any,
+    ) -> None:
+        """aio-pika's ``initialize``, whose reply queue is exclusive unless it is
+        durable (or ``exclusive=`` says otherwise).
+
+        aio-pika declares it non-durable and non-exclusive, which RabbitMQ 4.3
+        refuses by default (the deprecated ``transient_nonexcl_queues``: the whole
+        connection is closed with 541 INTERNAL_ERROR). The queue is this caller's
+        own and consumed exclusively anyway, so on 3.x and 4.0 nothing changes.
+        """
+        if not durable:
+            kwargs.setdefault("exclusive", True)
+        await super().initialize(
+            auto_delete=auto_delete, durable=durable, exchange=exchange, **kwargs
+        )
+
     async def register(
         self,
         method_name: str,

@@ -38,7 +38,9 @@ async def run(amqp_url: str = AMQP_URL) -> float:
     connection = await aio_pika.connect_robust(amqp_url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(f"aio-backoff.demo.{uuid.uuid4().hex[:8]}")
+        queue = await channel.declare_queue(
+            f"aio-backoff.demo.{uuid.uuid4().hex[:8]}", durable=True
+        )
         retrier = Retrier(channel, backoff=UpstreamNotReady)
         done = asyncio.Event()
         started = time.monotonic()

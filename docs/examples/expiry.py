@@ -32,7 +32,9 @@ async def main() -> None:
     connection = await aio_pika.connect_robust(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(f"picking.{uuid.uuid4().hex[:8]}")
+        queue = await channel.declare_queue(
+            f"picking.{uuid.uuid4().hex[:8]}", durable=True
+        )
         parking = parking_queue_name(queue.name)
         retrier = Retrier(channel, backoff=StockNotThere)
         gave_up = asyncio.Event()

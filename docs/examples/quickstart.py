@@ -45,7 +45,9 @@ async def main() -> None:
     connection = await aio_pika.connect_robust(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(f"payments.{uuid.uuid4().hex[:8]}")
+        queue = await channel.declare_queue(
+            f"payments.{uuid.uuid4().hex[:8]}", durable=True
+        )
 
         retrier = Retrier(
             channel, backoff=PaymentGatewayBusy, retry_for=(ConnectionError,)

@@ -57,7 +57,9 @@ class UpstreamDown(Backoff):
 
 async def refused_copy_is_parked_once(channel: aio_pika.abc.AbstractChannel) -> None:
     exchange = f"example.delay.{uuid.uuid4().hex[:8]}"
-    queue = await channel.declare_queue(f"example.orders.{uuid.uuid4().hex[:8]}")
+    queue = await channel.declare_queue(
+        f"example.orders.{uuid.uuid4().hex[:8]}", durable=True
+    )
     # "another service" declared the delay queue with a 1 s grace period; this
     # consumer's publisher would declare it with the default 5 s one
     other = delay_queue(DELAY_MS, delay_exchange=exchange, grace_ms=1000)

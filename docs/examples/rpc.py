@@ -67,8 +67,12 @@ async def main() -> None:
         channel = await connection.channel()
         rpc = await BackoffRPC.create(channel)
         suffix = uuid.uuid4().hex[:6]  # so that several runs never share queues
-        await rpc.register(f"example.quote.{suffix}", quote, auto_delete=True)
-        await rpc.register(f"example.settle.{suffix}", settle, auto_delete=True)
+        await rpc.register(
+            f"example.quote.{suffix}", quote, auto_delete=True, durable=True
+        )
+        await rpc.register(
+            f"example.settle.{suffix}", settle, auto_delete=True, durable=True
+        )
 
         price = await rpc.call(f"example.quote.{suffix}", {"sku": "A-1"})
         stamp(f"quote: {price} after {attempts} attempts")

@@ -7,7 +7,7 @@ amqp_answers() {
     local first
     # shellcheck disable=SC2016 # $1 expands in the inner shell
     first=$(timeout 5 bash -c '
-        exec 3<>"/dev/tcp/127.0.0.1/$1"
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1 # else fd 3 is whatever the caller had there
         printf "AMQP\000\000\011\001" >&3
         head -c 1 <&3 | od -An -tx1' _ "$AMQP_PORT" 2>/dev/null) || return 1
     [ "${first// /}" = "01" ]

@@ -55,9 +55,12 @@ async def dlx_target(
     channel: AbstractChannel, declared: Any, unique_name: Any
 ) -> tuple[AbstractQueue, AbstractQueue]:
     """A queue that dead-letters (through the default exchange) to a second one."""
-    dead = await channel.declare_queue(declared.queue(unique_name("dead")))
+    dead = await channel.declare_queue(
+        declared.queue(unique_name("dead")), durable=True
+    )
     queue = await channel.declare_queue(
         declared.queue(unique_name("with-dlx")),
+        durable=True,
         arguments={
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": dead.name,
@@ -264,7 +267,7 @@ async def test_failing_park_puts_the_message_back(
     declared: Any,
 ) -> None:
     parking = declared.queue(f"{target.name}.parked")
-    await channel.declare_queue(parking, arguments=REFUSING)
+    await channel.declare_queue(parking, durable=True, arguments=REFUSING)
     retrier = make_retrier(backoff=LIMIT_1, on_expired=park)
     message = await spent(channel, target)
 
@@ -288,7 +291,7 @@ async def test_failing_callback_and_failing_fallback_put_the_message_back(
         raise RuntimeError("callback bug")
 
     parking = declared.queue(f"{target.name}.parked")
-    await channel.declare_queue(parking, arguments=REFUSING)
+    await channel.declare_queue(parking, durable=True, arguments=REFUSING)
     retrier = make_retrier(backoff=LIMIT_1, on_expired=broken)
     message = await spent(channel, target)
 

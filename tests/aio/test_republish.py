@@ -447,6 +447,7 @@ async def test_nacked_copy_is_not_placed(
     await channel.declare_exchange(exchange, "headers", durable=True)
     rejecting = await channel.declare_queue(
         declared.queue(unique_name("rejecting")),
+        durable=True,
         arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
     )
     await rejecting.bind(exchange, arguments={"backoff": 10, "x-match": "any"})
@@ -552,7 +553,9 @@ async def test_park_failure_is_not_placed(
 ) -> None:
     parking = declared.queue(f"{target.name}.parked")
     await channel.declare_queue(  # a parking queue that nacks every publish
-        parking, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        parking,
+        durable=True,
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
     )
     await publish(channel, target.name)
     original = await get_one(target)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
 from aio_pika.abc import (
     AbstractChannel,
@@ -33,6 +34,7 @@ from aio_backoff.core._protocol import DELAY_HEADER, RETRIES_HEADER
 from tests import brokers
 from tests.aio.retrying import FAST_FAILURES, get_one
 from tests.aio_fixtures import drop_ladders
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
 
@@ -55,6 +57,8 @@ async def make_rpc(
         channel = await connection.channel()
         if issubclass(cls, BackoffRPC):
             kwargs.setdefault("failure_policy", FAST_FAILURES)
+        else:  # aio-pika's own reply queue is transient: RabbitMQ 4.3 wants exclusive
+            kwargs.setdefault("exclusive", True)
         rpc = await cls.create(channel, **kwargs)
         made.append(rpc)
         return rpc
@@ -94,7 +98,7 @@ async def test_result_after_backoffs(make_rpc: MakeRPC, method_name: str) -> Non
     server = await make_rpc(BackoffRPC, backoff=Fast)
     caller = await make_rpc(RPC)
     method = Flaky(failures=3, error=Fast)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     result = await caller.call(method_name, {"x": 21})
 
@@ -108,7 +112,7 @@ async def test_proxy_call_on_one_instance(make_rpc: MakeRPC, method_name: str) -
     """Server and caller on the same instance: the common aio-pika setup."""
     rpc = await make_rpc(BackoffRPC, backoff=Fast)
     method = Flaky(failures=1, error=Fast)
-    await rpc.register(method_name, method, auto_delete=True)
+    await rpc.register(method_name, method, auto_delete=True, durable=True)
 
     result = await getattr(rpc.proxy, method_name)(x=5)
 
@@ -121,7 +125,7 @@ async def test_expiry_raises_backoff_expired_at_the_caller(
     server = await make_rpc(BackoffRPC, backoff=TwoRetries)
     caller = await make_rpc(RPC)  # a plain aio-pika caller unpickles the error
     method = Flaky(failures=100, error=TwoRetries)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(Backoff.Expired) as caught:
         await caller.call(method_name, {})
@@ -140,7 +144,9 @@ async def test_an_expired_call_is_kept_after_its_reply(
     parking = declared.queue(f"{method_name}.parked")
     server = await make_rpc(BackoffRPC, backoff=TwoRetries)
     caller = await make_rpc(RPC)
-    await server.register(method_name, Flaky(100, TwoRetries), auto_delete=True)
+    await server.register(
+        method_name, Flaky(100, TwoRetries), auto_delete=True, durable=True
+    )
 
     with pytest.raises(Backoff.Expired):
         await caller.call(method_name, {"x": 1})
@@ -157,7 +163,7 @@ async def test_a_plain_backoff_takes_the_rpc_policy(
     """``raise Backoff()`` in a method uses the schedule and limit given to the RPC."""
     server = await make_rpc(BackoffRPC, backoff=TwoRetries)
     method = Flaky(failures=100, error=Backoff)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(Backoff.Expired) as caught:
         await server.call(method_name, {})
@@ -173,7 +179,7 @@ async def test_retry_for_turns_errors_into_backoff(
     server = await make_rpc(BackoffRPC, backoff=Fast, retry_for=(ConnectionError,))
     caller = await make_rpc(RPC)
     method = Flaky(failures=2, error=lambda: ConnectionError("upstream down"))
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     assert await caller.call(method_name, {"x": 1}) == {"answer": 2, "attempts": 3}
 
@@ -184,7 +190,7 @@ async def test_errors_not_in_retry_for_are_replied_at_once(
     server = await make_rpc(BackoffRPC, backoff=Fast, retry_for=(ConnectionError,))
     caller = await make_rpc(RPC)
     method = Flaky(failures=5, error=lambda: KeyError("no such order"))
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(KeyError, match="no such order"):
         await caller.call(method_name, {})
@@ -198,12 +204,13 @@ async def test_per_method_policy_overrides_the_instance(
     caller = await make_rpc(RPC)
     strict = declared.queue(unique_name("strict"))
     lenient = declared.queue(unique_name("lenient"))
-    await server.register(strict, Flaky(5, lambda: TimeoutError("slow")))
+    await server.register(strict, Flaky(5, lambda: TimeoutError("slow")), durable=True)
     await server.register(
         lenient,
         Flaky(5, lambda: TimeoutError("slow")),
         backoff=TwoRetries,
         retry_for=(TimeoutError,),
+        durable=True,
     )
 
     with pytest.raises(TimeoutError, match="slow"):
@@ -220,7 +227,7 @@ async def test_retried_call_through_an_rpc_exchange(
     exchange = declared.exchange(unique_name("rpcx"))
     server = await make_rpc(BackoffRPC, backoff=Fast, exchange=exchange)
     method = Flaky(failures=2, error=Fast)
-    await server.register("double", method, auto_delete=True)
+    await server.register("double", method, auto_delete=True, durable=True)
     declared.queue(f"{exchange}::double")
 
     assert await server.proxy.double(x=4) == {"answer": 8, "attempts": 3}
@@ -281,7 +288,7 @@ async def test_reply_is_sent_exactly_once(
 ) -> None:
     server = await make_rpc(RecordingRPC, backoff=TwoRetries)
     method = Flaky(failures=failures, error=TwoRetries)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
     replies = ReplyQueue(channel, unique_name("replies"))
     await replies.start()
     correlation_id = uuid.uuid4().hex
@@ -320,7 +327,7 @@ async def test_jsonrpc_result_after_backoffs(
 ) -> None:
     server = await make_rpc(BackoffJsonRPC, backoff=Fast)
     caller = await make_rpc(BackoffJsonRPC)
-    await server.register(method_name, Flaky(2, Fast), auto_delete=True)
+    await server.register(method_name, Flaky(2, Fast), auto_delete=True, durable=True)
 
     assert await caller.call(method_name, {"x": 7}) == {"answer": 14, "attempts": 3}
 
@@ -333,7 +340,7 @@ async def test_jsonrpc_expiry_is_a_catchable_backoff_expired(
     )
     caller = await make_rpc(BackoffJsonRPC)
     method = Flaky(100, lambda: ConnectionError("payment gateway down"))
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(Backoff.Expired) as caught:
         await caller.call(method_name, {})
@@ -357,7 +364,9 @@ async def test_jsonrpc_expiry_seen_by_a_plain_jsonrpc_caller(
 ) -> None:
     server = await make_rpc(BackoffJsonRPC, backoff=TwoRetries)
     caller = await make_rpc(JsonRPC)
-    await server.register(method_name, Flaky(100, Backoff), auto_delete=True)
+    await server.register(
+        method_name, Flaky(100, Backoff), auto_delete=True, durable=True
+    )
 
     with pytest.raises(JsonRPCError) as caught:
         await caller.call(method_name, {})
@@ -375,7 +384,10 @@ async def test_jsonrpc_expiry_names_a_backoff_that_says_why(
 ) -> None:
     server = await make_rpc(BackoffJsonRPC, backoff=TwoRetries)
     await server.register(
-        method_name, Flaky(100, lambda: TwoRetries("ledger closed")), auto_delete=True
+        method_name,
+        Flaky(100, lambda: TwoRetries("ledger closed")),
+        auto_delete=True,
+        durable=True,
     )
 
     with pytest.raises(RemoteBackoffExpired) as caught:
@@ -388,7 +400,9 @@ async def test_jsonrpc_other_errors_unchanged(
 ) -> None:
     server = await make_rpc(BackoffJsonRPC, backoff=Fast)
     caller = await make_rpc(BackoffJsonRPC)
-    await server.register(method_name, Flaky(1, lambda: ValueError("bad")))
+    await server.register(
+        method_name, Flaky(1, lambda: ValueError("bad")), durable=True
+    )
 
     with pytest.raises(JsonRPCError) as caught:
         await caller.call(method_name, {})
@@ -408,7 +422,7 @@ async def test_jsonrpc_passes_on_an_expiry_raised_by_the_method(
         calls.append(1)
         raise Backoff.Expired("upstream gave up")
 
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(RemoteBackoffExpired, match="upstream gave up") as caught:
         await caller.call(method_name, {})
@@ -425,7 +439,7 @@ async def test_caller_expiration_does_not_bound_the_retries(
     server = await make_rpc(BackoffRPC, backoff=slow)
     caller = await make_rpc(RPC)
     method = Flaky(2, slow)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     started = time.monotonic()
     result = await caller.call(method_name, {"x": 1}, expiration=0.1)  # 100 ms
@@ -444,7 +458,7 @@ async def test_caller_expiration_still_applies_before_a_server_takes_the_call(
     async def method(**kwargs: Any) -> None:
         calls.append(kwargs)
 
-    await server.register(method_name, method, auto_delete=False)
+    await server.register(method_name, method, auto_delete=False, durable=True)
     await server.unregister(method)  # the queue stays, nobody consumes it
 
     with pytest.raises(asyncio.TimeoutError):
@@ -462,7 +476,7 @@ async def test_caller_timeout_shorter_than_the_backoff(
     server = await make_rpc(BackoffRPC, backoff=slow)
     caller = await make_rpc(RPC)
     method = Flaky(1, slow)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(caller.call(method_name, {"x": 1}), 0.05)
@@ -498,7 +512,7 @@ async def test_unplaceable_copy_puts_the_call_back_on_its_queue(
     )
     caller = await make_rpc(RPC)
     method = Flaky(1, Fast)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(CopyNotPlaced, match="PRECONDITION_FAILED") as caught:
         await caller.call(method_name, {"x": 1})
@@ -517,7 +531,7 @@ async def test_failed_publish_puts_the_call_back_on_its_queue(
     server = await make_rpc(BackoffRPC, backoff=Fast)
     caller = await make_rpc(RPC)
     method = Flaky(1, Fast)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
     connection = server.publisher.connection
     opens = connection.channel
 
@@ -552,7 +566,7 @@ async def test_call_survives_a_failed_requeue(
         server = await BackoffRPC.create(
             server_channel, backoff=Fast, publisher=Broken(server_channel)
         )
-        await server.register(method_name, Flaky(100, Fast))
+        await server.register(method_name, Flaky(100, Fast), durable=True)
         replies = ReplyQueue(channel, unique_name("replies"))
         await replies.start()
 
@@ -565,7 +579,11 @@ async def test_call_survives_a_failed_requeue(
 
         assert check.declaration_result.message_count == 1
         assert replies.replies == []
-        assert any("could not requeue" in r.getMessage() for r in caplog.records)
+        # logged once the failed nack comes back, which may be after the close
+        await wait_until(
+            lambda: any("could not requeue" in r.getMessage() for r in caplog.records),
+            what="the 'could not requeue' warning",
+        )
     finally:
         await plain.close()
 
@@ -577,7 +595,7 @@ async def test_a_broken_schedule_is_replied_not_requeued(
     broken = backoff_class(schedule=lambda index: "soon", random_sigma=0, name="Bad")
     server = await make_rpc(BackoffRPC, backoff=broken)
     method = Flaky(100, broken)
-    await server.register(method_name, method, auto_delete=True)
+    await server.register(method_name, method, auto_delete=True, durable=True)
 
     with pytest.raises(TypeError, match="must return a number of ms"):
         await server.call(method_name, {})
@@ -598,10 +616,12 @@ async def test_register_twice_keeps_the_first_policy(
     make_rpc: MakeRPC, method_name: str
 ) -> None:
     rpc = await make_rpc(BackoffRPC, backoff=Fast)
-    await rpc.register(method_name, Flaky(0), auto_delete=True)
+    await rpc.register(method_name, Flaky(0), auto_delete=True, durable=True)
 
     with pytest.raises(RuntimeError, match="Method name already used"):
-        await rpc.register(method_name, Flaky(0), backoff=TwoRetries, auto_delete=True)
+        await rpc.register(
+            method_name, Flaky(0), backoff=TwoRetries, auto_delete=True, durable=True
+        )
     assert rpc.policies[method_name].backoff is Fast
 
 
@@ -614,10 +634,10 @@ async def test_failed_register_leaves_no_policy(
         return None
 
     first = declared.queue(unique_name("first"))
-    await rpc.register(first, method, auto_delete=True)
+    await rpc.register(first, method, auto_delete=True, durable=True)
 
     with pytest.raises(RuntimeError, match="Function already registered"):
-        await rpc.register(declared.queue(unique_name("second")), method)
+        await rpc.register(declared.queue(unique_name("second")), method, durable=True)
     assert list(rpc.policies) == [first]
 
     async def unknown() -> None:
@@ -627,6 +647,31 @@ async def test_failed_register_leaves_no_policy(
     assert list(rpc.policies) == [first]
     await rpc.unregister(method)
     assert rpc.policies == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "exclusive"),
+    [({}, True), ({"durable": True}, False), ({"exclusive": False}, False)],
+)
+async def test_the_reply_queue_is_exclusive_unless_durable_or_asked(
+    make_rpc: MakeRPC, options: dict[str, Any], exclusive: bool
+) -> None:
+    """aio-pika declares it transient and non-exclusive, which RabbitMQ 4.3 refuses
+    by default; another connection cannot even look at an exclusive queue."""
+    transient = not options.get("durable") and not exclusive
+    if transient and brokers.current().name == "rabbitmq4.3":
+        pytest.skip("RabbitMQ 4.3 refuses transient non-exclusive queues")
+    rpc = await make_rpc(BackoffRPC, **options)
+    other = await aio_pika.connect(brokers.current().amqp_url)
+    try:
+        channel = await other.channel()
+        if exclusive:
+            with pytest.raises(aiormq.exceptions.ChannelLockedResource):
+                await channel.declare_queue(rpc.result_queue.name, passive=True)
+        else:
+            await channel.declare_queue(rpc.result_queue.name, passive=True)
+    finally:
+        await other.close()
 
 
 async def test_settings_are_checked(channel: AbstractChannel) -> None:

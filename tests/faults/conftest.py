@@ -3,7 +3,8 @@
 Run it on its own (it restarts and kills its node)::
 
     FAULTBROKER_VERSION=3 pytest -p no:pytest_eventlet -p no:pytest_nameko tests/faults
-    FAULTBROKER_VERSION=4 pytest -p no:pytest_eventlet -p no:pytest_nameko tests/faults
+
+(or ``FAULTBROKER_VERSION=4`` for RabbitMQ 4.0, ``4.3`` for 4.3).
 
 Every test here is marked ``faults``; a run that does not ask for them (no
 ``FAULTBROKER_VERSION``, no ``-m faults``) skips them. The node is started through
@@ -38,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "faults: the fault suite; needs its own broker node (scripts/faultbroker.sh), "
-        "runs only when asked (FAULTBROKER_VERSION=3|4 or -m faults)",
+        "runs only when asked (FAULTBROKER_VERSION=3|4|4.3 or -m faults)",
     )
     config.stash[_ROWS] = []
 
@@ -56,7 +57,7 @@ def pytest_collection_modifyitems(
         return
     skip = pytest.mark.skip(
         reason="the fault suite restarts its own broker node; run it with "
-        "FAULTBROKER_VERSION=3 (or 4) pytest tests/faults, as scripts/test.sh does"
+        "FAULTBROKER_VERSION=3 (or 4, 4.3) pytest tests/faults, as scripts/test.sh does"
     )
     for item in items:
         if item.get_closest_marker("faults"):

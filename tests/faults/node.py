@@ -20,21 +20,22 @@ from typing import Any
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "faultbroker.sh"
 
-_PORTS = {"3": (5690, 15690), "4": (5691, 15691)}
+_PORTS = {"3": (5690, 15690), "4": (5691, 15691), "4.3": (5693, 15693)}
 
 
 def wanted_version() -> str:
-    """The broker version the suite runs against: ``FAULTBROKER_VERSION`` (3 or 4)."""
+    """The broker version the suite runs against: ``FAULTBROKER_VERSION`` (3, 4 for
+    4.0, or 4.3)."""
     version = os.environ.get("FAULTBROKER_VERSION", "3")
     if version not in _PORTS:
-        msg = f"FAULTBROKER_VERSION must be 3 or 4, got {version!r}"
+        msg = f"FAULTBROKER_VERSION must be 3, 4 or 4.3, got {version!r}"
         raise ValueError(msg)
     return version
 
 
 @dataclass(frozen=True)
 class FaultNode:
-    """One fault node (``--version 3`` or ``4`` of scripts/faultbroker.sh)."""
+    """One fault node (``--version 3``, ``4`` or ``4.3`` of scripts/faultbroker.sh)."""
 
     version: str
 

@@ -33,7 +33,7 @@ async def test_delay_queue_refusing_copies(
     book = ledger(f"delay queue refusing copies for {REFUSING_S:.0f} s")
     queue = unique("jobs")
     policy = unique("refuse")
-    arguments = {"x-queue-type": "quorum"} if fault_node.version == "4" else {}
+    arguments = {"x-queue-type": "quorum"} if fault_node.version != "3" else {}
     await fault_node.set_policy(
         policy,
         f"^{delay_queue_name(25)}$",

@@ -791,7 +791,7 @@ async def test_an_expiry_action_that_cannot_place_the_message_pauses_longer(
     (queue,) = service.event_queues()
     await channel.declare_queue(
         parking_queue_name(queue),
-        durable=False,
+        durable=True,
         arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
     )
     async with service:
@@ -1275,7 +1275,7 @@ async def test_undecodable_events_are_parked_or_dead_lettered(
     dlx = declared.exchange(unique_name("dlx"))
     await channel.declare_exchange(dlx, aio_pika.ExchangeType.FANOUT)
     dead = await channel.declare_queue(
-        declared.queue(unique_name("dead")), robust=False
+        declared.queue(unique_name("dead")), durable=True, robust=False
     )
     await dead.bind(dlx)
     plain = new_service()

@@ -216,7 +216,11 @@ class TestPermanent:
         """A refused delay queue: the caller gets ``CopyNotPlaced`` at once and the
         request is parked in ``rpc-{service}.parked``."""
         with get_connection(rabbit_config["AMQP_URI"]) as conn:
-            Queue("backoff--20ms", durable=False).bind(conn).declare()
+            # durable as ours, with another x-expires (RabbitMQ 4.3 refuses a
+            # transient one, which older tests used for "other arguments")
+            Queue(
+                "backoff--20ms", durable=True, queue_arguments={"x-expires": 60000}
+            ).bind(conn).declare()
 
         class Service:
             name = "service"
