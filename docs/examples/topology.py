@@ -41,7 +41,9 @@ async def main() -> None:
     channel = await connection.channel()
     run = uuid.uuid4().hex[:8]
     delay_exchange = f"example.{run}"  # this run's own ladder and delay queues
-    queue = await channel.declare_queue(f"example.jobs.{run}", auto_delete=True)
+    # durable: RabbitMQ 4.3 refuses transient queues that are not exclusive, and an
+    # exclusive one is no ladder target (the publisher binds it from its connection)
+    queue = await channel.declare_queue(f"example.jobs.{run}", durable=True)
 
     ladder = Retrier(
         channel,
@@ -86,6 +88,7 @@ async def main() -> None:
 
     await ladder.stop()
     await per_delay.stop()
+    await channel.queue_delete(queue.name)
     levels = Ladder(delay_exchange, "quorum")
     for name in levels.queue_names:
         await channel.queue_delete(name)

@@ -56,7 +56,7 @@ async def test_a_copy_without_target_is_kept_then_replayed(
     assert (missing.replayed, missing.kept, missing.unreadable) == (0, 2, 1)
     await wait_until_true(lambda: stays(3), what="all three back: nothing lost")
 
-    queue = await channel.declare_queue(target)
+    queue = await channel.declare_queue(target, durable=True)  # 4.3: not transient
     replayed = await replay_undeliverable(channel, ladder, target_queue=target)
     assert (replayed.replayed, replayed.kept) == (2, 0)
     assert replayed.targets == {target: 2}
