@@ -77,6 +77,9 @@ async def start_consumer(
     ledger.watch(f"{queue}.parked")
     if "exchange" in retrier_options:
         retrier_options["delay_exchange"] = retrier_options.pop("exchange")
+    # the scenarios break nameko-amqp-retry's per-delay queues (the table in
+    # docs/reliability.md); the ladder's node loss is tests/cluster's
+    retrier_options.setdefault("topology", "per-delay")
     retrier = Retrier(channel, backoff=backoff, **retrier_options)
 
     async def handle(message: AbstractIncomingMessage) -> None:
