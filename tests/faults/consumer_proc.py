@@ -62,7 +62,7 @@ class FileReport:
 
 async def main(url: str, queue: str, report: str, hold: str | None) -> None:
     connection = await aio_pika.connect_robust(url)
-    publisher = Holding(await connection.channel())
+    publisher = Holding(await connection.channel(), topology="per-delay")
     publisher.hold = hold
     await start_consumer(
         connection,
