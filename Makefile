@@ -12,10 +12,17 @@ demo: setup
 test:
 	scripts/test.sh
 
-bench: setup
+bench: setup .venv-bench/.stamp
 	scripts/broker.sh
 	.venv/bin/python bench/retry_throughput.py
 	.venv/bin/python bench/nameko_throughput.py
+	.venv-bench/bin/python bench/topologies.py --quick
+
+# the topology benchmark's own venv: Celery's ladder needs a newer kombu than nameko's
+.venv-bench/.stamp: bench/requirements.txt
+	python3.11 -m venv .venv-bench
+	.venv-bench/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
+	touch $@
 
 lint: setup
 	.venv/bin/ruff check .
