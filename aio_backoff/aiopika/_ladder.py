@@ -3,16 +3,16 @@
 The names, arguments and routing come from :class:`aio_backoff.core.Ladder`. The
 whole ladder is declared in one go (each declare sent without waiting, then one
 round trip to learn whether the broker took them all); each target queue is bound
-to the deliver exchange before its first copy and again every ``rebind_s`` seconds,
-in case it was deleted and declared again since.
+to the deliver exchange when consuming starts (or before its first copy) and again
+every ``rebind_s`` seconds, in case it was deleted and declared again since.
+Concurrent copies share one declare and one bind (:mod:`._bindings`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiormq.abc
@@ -24,6 +24,7 @@ from pamqp.commands import Basic
 from ..core._ladder import LADDER_LEVELS, Binding, Ladder
 from ..core._outcome import CopyNotPlaced
 from ..core._plan import RetryPlan
+from ._bindings import DeclareOnce, TargetBindings
 
 __all__ = [
     "DEFAULT_REBIND_S",
@@ -108,11 +109,13 @@ class LadderPlacement:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ladder = ladder
-        self.rebind_s = rebind_s
         self._clock = clock
-        self._declared = False
-        self._declaring = asyncio.Lock()
-        self._bound_at: dict[str, float] = {}
+        self._declared = DeclareOnce()
+        self._bindings = TargetBindings(rebind_s, clock)
+
+    @property
+    def rebind_s(self) -> float:
+        return self._bindings.rebind_s
 
     def describe(self, plan: RetryPlan) -> str:
         return (
@@ -120,11 +123,19 @@ class LadderPlacement:
             f"(entering at {self.ladder.entry(plan.delay_ms)!r})"
         )
 
-    async def declare(self, channel: aiormq.abc.AbstractChannel) -> None:
-        async with self._declaring:
+    async def declare(
+        self, channel: aiormq.abc.AbstractChannel, targets: Iterable[str] = ()
+    ) -> None:
+        await self._declare(channel, force=False)
+        for target in targets:
+            await self._bind(channel, target, force=False)
+
+    async def _declare(
+        self, channel: aiormq.abc.AbstractChannel, *, force: bool
+    ) -> None:
+        async def declare() -> None:
             started = self._clock()
             await declare_ladder(channel, self.ladder)
-            self._declared = True
             log.debug(
                 "declared ladder %r (%d queues) in %.0f ms",
                 self.ladder.prefix,
@@ -132,18 +143,23 @@ class LadderPlacement:
                 (self._clock() - started) * 1000,
             )
 
+        await self._declared.run(declare, force=force)
+
+    async def _bind(
+        self, channel: aiormq.abc.AbstractChannel, target: str, *, force: bool
+    ) -> None:
+        binding = self.target_binding(target)
+
+        async def bind() -> None:
+            await channel.queue_bind(target, binding.source, binding.routing_key)
+
+        await self._bindings.bind(target, bind, force=force)
+
     async def prepare(
         self, channel: aiormq.abc.AbstractChannel, plan: RetryPlan, *, force: bool
     ) -> None:
-        if force or not self._declared:
-            await self.declare(channel)
-        target = plan.routing_key
-        bound_at = self._bound_at.get(target)
-        if force or bound_at is None or self._clock() - bound_at >= self.rebind_s:
-            binding = self.target_binding(target)
-            started = self._clock()
-            await channel.queue_bind(target, binding.source, binding.routing_key)
-            self._bound_at[target] = started
+        await self._declare(channel, force=force)
+        await self._bind(channel, plan.routing_key, force=force)
 
     def target_binding(self, target_queue: str) -> Binding:
         """The deliver exchange's binding for ``target_queue``; a permanent
@@ -172,8 +188,8 @@ class LadderPlacement:
         return True
 
     def forget(self, plan: RetryPlan) -> None:
-        self._declared = False
-        self._bound_at.pop(plan.routing_key, None)
+        self._declared.forget()
+        self._bindings.forget(plan.routing_key)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 import aiormq.abc
 from pamqp.commands import Basic
@@ -91,8 +92,11 @@ class PerDelay:
         queue = _queue(plan)
         return f"via exchange {queue.delay_exchange!r} and delay queue {queue.name!r}"
 
-    async def declare(self, channel: aiormq.abc.AbstractChannel) -> None:
-        """Nothing: each delay queue is declared with its first copy."""
+    async def declare(
+        self, channel: aiormq.abc.AbstractChannel, targets: Iterable[str] = ()
+    ) -> None:
+        """Nothing: each delay queue is declared with its first copy, and the
+        delay exchange routes to the target queue by its name."""
 
     async def prepare(
         self, channel: aiormq.abc.AbstractChannel, plan: RetryPlan, *, force: bool

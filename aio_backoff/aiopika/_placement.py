@@ -9,6 +9,7 @@ placements are :mod:`._per_delay` (nameko-amqp-retry's queues), :mod:`._ladder` 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 import aiormq.abc
@@ -29,8 +30,12 @@ class Placement(Protocol):
         """Where the copy goes, for log lines and errors ("via ...")."""
         ...
 
-    async def declare(self, channel: aiormq.abc.AbstractChannel) -> None:
-        """Declare what does not depend on a copy (ahead of the first retry)."""
+    async def declare(
+        self, channel: aiormq.abc.AbstractChannel, targets: Iterable[str] = ()
+    ) -> None:
+        """Declare what does not depend on a copy, unless already declared, and
+        bind ``targets`` (the queues copies will come back to), ahead of the first
+        retry."""
         ...
 
     async def prepare(

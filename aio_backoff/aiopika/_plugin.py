@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import aiormq.abc
 from pamqp.commands import Basic
@@ -33,6 +33,7 @@ from ..core._plugin import (
     plugin_unsupported,
     x_delay,
 )
+from ._bindings import DeclareOnce, TargetBindings
 from ._ladder import DEFAULT_REBIND_S
 
 __all__ = ["PluginPlacement"]
@@ -61,52 +62,60 @@ class PluginPlacement:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.exchange = DelayedExchange(delay_exchange)
-        self.rebind_s = rebind_s
-        self._clock = clock
-        self._declared = False
-        self._declaring = asyncio.Lock()
-        self._bound_at: dict[str, float] = {}
+        self._declared = DeclareOnce()
+        self._bindings = TargetBindings(rebind_s, clock)
+
+    @property
+    def rebind_s(self) -> float:
+        return self._bindings.rebind_s
 
     def describe(self, plan: RetryPlan) -> str:
         return f"via the delayed-message exchange {self.exchange.name!r}"
 
-    async def declare(self, channel: aiormq.abc.AbstractChannel) -> None:
-        async with self._declaring:
-            version = _server_version(channel)
-            unsupported = plugin_unsupported(version)
-            if unsupported is not None:
-                raise CopyNotPlaced(unsupported, permanent=True)
-            try:
-                await channel.exchange_declare(
-                    self.exchange.name,
-                    exchange_type=DELAYED_EXCHANGE_TYPE,
-                    durable=True,
-                    arguments=self.exchange.arguments,
-                )
-            except asyncio.CancelledError:
+    async def declare(
+        self, channel: aiormq.abc.AbstractChannel, targets: Iterable[str] = ()
+    ) -> None:
+        await self._declared.run(lambda: self._declare(channel), force=False)
+        for target in targets:
+            await self._bind(channel, target, force=False)
+
+    async def _declare(self, channel: aiormq.abc.AbstractChannel) -> None:
+        version = _server_version(channel)
+        unsupported = plugin_unsupported(version)
+        if unsupported is not None:
+            raise CopyNotPlaced(unsupported, permanent=True)
+        try:
+            await channel.exchange_declare(
+                self.exchange.name,
+                exchange_type=DELAYED_EXCHANGE_TYPE,
+                durable=True,
+                arguments=self.exchange.arguments,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if "exchange type" not in str(error):
                 raise
-            except Exception as error:
-                if "exchange type" not in str(error):
-                    raise
-                # the broker closed the whole connection; the next channel reopens it
-                raise CopyNotPlaced(
-                    plugin_missing(version, error), permanent=True
-                ) from error
-            self._declared = True
+            # the broker closed the whole connection; the next channel reopens it
+            raise CopyNotPlaced(
+                plugin_missing(version, error), permanent=True
+            ) from error
+
+    async def _bind(
+        self, channel: aiormq.abc.AbstractChannel, target: str, *, force: bool
+    ) -> None:
+        async def bind() -> None:
+            await channel.queue_bind(
+                target, self.exchange.name, self.exchange.routing_key(target)
+            )
+
+        await self._bindings.bind(target, bind, force=force)
 
     async def prepare(
         self, channel: aiormq.abc.AbstractChannel, plan: RetryPlan, *, force: bool
     ) -> None:
-        if force or not self._declared:
-            await self.declare(channel)
-        target = plan.routing_key
-        bound_at = self._bound_at.get(target)
-        if force or bound_at is None or self._clock() - bound_at >= self.rebind_s:
-            started = self._clock()
-            await channel.queue_bind(
-                target, self.exchange.name, self.exchange.routing_key(target)
-            )
-            self._bound_at[target] = started
+        await self._declared.run(lambda: self._declare(channel), force=force)
+        await self._bind(channel, plan.routing_key, force=force)
 
     def address(self, plan: RetryPlan) -> tuple[str, str]:
         return self.exchange.name, self.exchange.routing_key(plan.routing_key)
@@ -125,5 +134,5 @@ class PluginPlacement:
         return True
 
     def forget(self, plan: RetryPlan) -> None:
-        self._declared = False
-        self._bound_at.pop(plan.routing_key, None)
+        self._declared.forget()
+        self._bindings.forget(plan.routing_key)

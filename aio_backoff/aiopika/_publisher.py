@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiormq
@@ -177,12 +177,15 @@ class DelayedPublisher:
         """The per-delay topology's leases (:class:`._per_delay.DelayQueueLeases`)."""
         return self.per_delay.leases
 
-    async def declare(self) -> None:
-        """Declare the delay topology now, ahead of the first retry.
+    async def declare(self, *, targets: Iterable[str] = ()) -> None:
+        """Declare the delay topology now, ahead of the first retry, and bind
+        ``targets``, the queues whose copies will come back through it.
 
-        The ladder and the plugin's exchange are declared whole here, so that the
-        first copies do not wait for it; per-delay queues are declared with their
-        first copy. Raises :class:`CopyNotPlaced` (permanent) when the broker
+        The ladder and the plugin's exchange are declared whole here (once per
+        publisher, unless a failed copy calls for it again), and each target is
+        bound to them, so that the first copies, even a burst of them, do not
+        wait for declares; per-delay queues are declared with their first copy.
+        Raises :class:`CopyNotPlaced` (permanent) when the broker
         refuses the topology (the plugin missing, access refused, a queue declared
         elsewhere with other arguments); a transient failure (no connection just
         now) is logged and left to the first copy.
@@ -190,7 +193,7 @@ class DelayedPublisher:
         what = f"the {self.topology} topology of {self.delay_exchange!r}"
         try:
             channel = await self._channel(f"declaring {what}")
-            await self.placement.declare(channel)
+            await self.placement.declare(channel, targets)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -199,12 +202,22 @@ class DelayedPublisher:
                 raise failure from error
             log.warning("%s; the first copy declares it instead", failure)
 
-    def check_target(self, queue: str) -> None:
+    def check_target(self, queue: str, *, exclusive: bool = False) -> None:
         """``ValueError`` when copies cannot come back to ``queue`` through this
-        publisher's topology (a ladder target needs a name of at most 191 bytes
-        without a ``*`` or ``#`` word)."""
+        publisher's topology: a ladder target needs a name of at most 191 bytes
+        without a ``*`` or ``#`` word, and a ladder or plugin target is bound from
+        the publisher's own connection, which an ``exclusive`` queue refuses."""
         if self.topology == "ladder":
             self.ladder.check_target(queue)
+        if exclusive and self.topology != "per-delay":
+            msg = (
+                f"queue {queue!r} is exclusive to the connection that declared it, "
+                f"and the {self.topology} topology binds it to "
+                f"{self.delay_exchange!r}'s exchange from the publisher's own "
+                f"connection, which the broker refuses (RESOURCE_LOCKED). Use "
+                f"topology='per-delay' for it, or a queue that is not exclusive"
+            )
+            raise ValueError(msg)
 
     # -- the gate ---------------------------------------------------------------------
 

@@ -89,7 +89,6 @@ class Retrier:
         self._consumers: list[tuple[AbstractQueue, ConsumerTag]] = []
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self._declared = False
 
     def process(
         self,
@@ -187,10 +186,11 @@ class Retrier:
         """``queue.consume(self.wrap(handler, queue=queue, ...), **consume_kwargs)``.
 
         The first call declares the delay topology (:meth:`DelayedPublisher.declare`),
-        so that a topology the broker cannot run fails here, with its reason; a
+        so that a topology the broker cannot run fails here, with its reason, and
+        each call binds its queue to it, so that no retry waits for that; a
         queue the topology cannot bring copies back to (a ladder target whose name
-        is too long or has a ``*`` or ``#`` word) is refused here too
-        (``ValueError``).
+        is too long or has a ``*`` or ``#`` word, an exclusive queue with the
+        ladder or the plugin) is refused here too (``ValueError``).
         Returns the consumer tag (for ``queue.cancel``).
         """
         if consume_kwargs.get("no_ack"):
@@ -199,10 +199,10 @@ class Retrier:
                 f"{queue.name!r}: the broker has already forgotten them"
             )
             raise ValueError(msg)
-        self.publisher.check_target(queue.name)
-        if not self._declared:
-            await self.publisher.declare()
-            self._declared = True
+        self.publisher.check_target(
+            queue.name, exclusive=bool(getattr(queue, "exclusive", False))
+        )
+        await self.publisher.declare(targets=[queue.name])
         callback = self.wrap(
             handler,
             queue=queue,

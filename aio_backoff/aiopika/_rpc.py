@@ -156,7 +156,6 @@ class BackoffRPC(RPC):
         self.settling = Settling(failure_policy, publisher=self.publisher, logger=log)
         """Carries out the ack table's failures for the calls."""
         self.policies: dict[str, RetryPolicy] = {}
-        self._declared = False
         """routing key (= the method's queue) -> that method's policy"""
 
     @classmethod
@@ -235,11 +234,8 @@ class BackoffRPC(RPC):
 
         ``backoff`` / ``retry_for`` / ``on_expired`` replace the instance's for this
         method only. The first registration declares the delay topology
-        (:meth:`DelayedPublisher.declare`).
+        (:meth:`DelayedPublisher.declare`); each binds its method's queue to it.
         """
-        if not self._declared:
-            await self.publisher.declare()
-            self._declared = True
         policy = self.policy.override(
             backoff=backoff, retry_for=retry_for, on_expired=on_expired
         )
@@ -247,13 +243,17 @@ class BackoffRPC(RPC):
         if routing_key in self.routes:
             # let aio-pika raise its own error, without touching the live policy
             return await super().register(method_name, func, **kwargs)
+        await self.publisher.declare()
         # in place before consuming starts: the first call may arrive at once
         self.policies[routing_key] = policy
         try:
-            return await super().register(method_name, func, **kwargs)
+            registered = await super().register(method_name, func, **kwargs)
         except BaseException:
             self.policies.pop(routing_key, None)
             raise
+        # the method's queue exists now: bind it, so its first retries wait for nothing
+        await self.publisher.declare(targets=[routing_key])
+        return registered
 
     async def unregister(self, func: CallbackType[Any]) -> None:
         """aio-pika's ``unregister``; forgets the method's retry policy too."""

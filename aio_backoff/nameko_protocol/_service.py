@@ -307,6 +307,9 @@ class NamekoService(Lifecycle):
             events = self._handling(EventHandling)
             for entry in self._events:
                 await self._consumer.consume_events(entry.queue, _bound(events, entry))
+            # the queues exist now: bind them, so their first retries wait for nothing
+            targets = [self.rpc_queue] if self._rpcs else []
+            await self._publisher.declare(targets=targets + self.event_queues())
             await self._dispatcher.start()
         except BaseException:
             await self._close()

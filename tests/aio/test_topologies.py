@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
 import requests
 from aio_pika.abc import (
@@ -416,6 +417,75 @@ async def test_publish_copy_drops_death_headers_of_the_original(
     ]
 
 
+# -- 2b. a burst of copies waits for no declare ---------------------------------------
+
+
+@pytest.mark.parametrize("topology", ["ladder", "per-delay"])
+async def test_consume_binds_the_queue_before_any_retry(
+    site: Site, topology: str
+) -> None:
+    """The first copies of a burst find their target bound already (ladder); the
+    per-delay topology routes by name and binds nothing."""
+    target = await site.queue("target")
+    retrier = site.retrier(topology=topology)
+    ladder = Ladder(retrier.publisher.delay_exchange)
+    await retrier.consume(target, handler_failing(Recorder(), times=1))
+    quoted = urllib.parse.quote(ladder.deliver_exchange, safe="")
+    if topology == "per-delay":
+        assert await site.api(f"exchanges/%2F/{quoted}") is None  # no ladder at all
+        return
+    bindings = await site.api(f"exchanges/%2F/{quoted}/bindings/source")
+    assert [(b["destination"], b["routing_key"]) for b in bindings] == [
+        (target.name, ladder.target_binding(target.name).routing_key)
+    ]
+
+
+async def test_a_burst_of_copies_shares_one_declare_and_one_bind(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """30 copies for a target nobody bound yet, published at once: one ladder
+    declare and one bind between them, not one each, and every copy comes back."""
+    target = await site.queue("target")
+    publisher = site.publisher()
+    ladder = Ladder(publisher.delay_exchange)
+    binds: list[str] = []
+    declares: list[str] = []
+    queue_bind = aiormq.Channel.queue_bind
+    exchange_declare = aiormq.Channel.exchange_declare
+
+    async def counted_bind(self: Any, queue: str, *args: Any, **kwargs: Any) -> Any:
+        if queue == target.name:  # not the ladder's own (declared with it)
+            binds.append(queue)
+        return await queue_bind(self, queue, *args, **kwargs)
+
+    async def counted_declare(self: Any, exchange: str = "", **kwargs: Any) -> Any:
+        if kwargs.get("passive") and exchange == ladder.deliver_exchange:
+            declares.append("ladder")  # declare_ladder's closing round trip
+        return await exchange_declare(self, exchange, **kwargs)
+
+    monkeypatch.setattr(aiormq.Channel, "queue_bind", counted_bind)
+    monkeypatch.setattr(aiormq.Channel, "exchange_declare", counted_declare)
+    count = 30
+    for number in range(count):
+        await publish(site.channel, target.name, message_id=f"burst-{number}")
+    originals = [await get_one(target) for _ in range(count)]
+    backoff = fast_backoff(schedule=(50,))()
+    await asyncio.gather(
+        *(
+            publisher.publish_copy(
+                message, publisher.plan(message, backoff, target_queue=target.name)
+            )
+            for message in originals
+        )
+    )
+    for message in originals:
+        await message.ack()
+    assert declares == ["ladder"]
+    assert binds == [target.name]
+    back = {(await get_one(target)).message_id for _ in range(count)}
+    assert back == {f"burst-{number}" for number in range(count)}
+
+
 # -- 3. the ladder's queues are fixed; per-delay makes one per delay -----------------
 
 
@@ -670,12 +740,19 @@ async def test_the_ladder_refuses_a_queue_it_cannot_name(
 # -- 7. an exclusive target queue ----------------------------------------------------
 
 
-async def test_ladder_parks_a_message_from_an_exclusive_queue(site: Site) -> None:
-    """The publisher binds the target from its own connection: 405 RESOURCE_LOCKED."""
+async def test_ladder_refuses_an_exclusive_queue_and_parks_its_messages(
+    site: Site,
+) -> None:
+    """The publisher binds the target from its own connection: 405 RESOURCE_LOCKED.
+    ``consume`` says so up front; a message retried anyway (``wrap``) is parked."""
     target = await site.declare(site.names("exclusive"), exclusive=True, durable=False)
     retrier = site.retrier()
     recorder = Recorder()
-    await retrier.consume(target, handler_failing(recorder, times=100))
+    with pytest.raises(ValueError, match=r"is exclusive .*topology='per-delay'"):
+        await retrier.consume(target, handler_failing(recorder, times=100))
+    await target.consume(
+        retrier.wrap(handler_failing(recorder, times=100), queue=target)
+    )
     await publish(site.channel, target.name, message_id="exclusive")
 
     message = await parked(site, target.name)
