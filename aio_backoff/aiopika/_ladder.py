@@ -10,6 +10,7 @@ Concurrent copies share one declare and one bind (:mod:`._bindings`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -18,7 +19,12 @@ from dataclasses import dataclass, field
 import aiormq.abc
 from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aiormq.exceptions import DeliveryError
+from aiormq.exceptions import (
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelPreconditionFailed,
+    DeliveryError,
+)
 from pamqp.commands import Basic
 
 from ..core._ladder import LADDER_LEVELS, Binding, Ladder
@@ -40,6 +46,8 @@ DEFAULT_REBIND_S = 60.0
 """Seconds between two bindings of one target queue by one publisher."""
 
 _PERSISTENT = 2
+_CLOSE_REASON_S = 1.0
+"""How long a refused declare waits for the channel's close to say why."""
 
 
 async def declare_ladder(channel: aiormq.abc.AbstractChannel, ladder: Ladder) -> None:
@@ -48,6 +56,22 @@ async def declare_ladder(channel: aiormq.abc.AbstractChannel, ladder: Ladder) ->
     Raises what the broker answers when it refuses one (a queue that exists with
     other arguments, say), with the channel closed.
     """
+    try:
+        await _declare_ladder(channel, ladder)
+    except ChannelInvalidStateError as error:
+        # refused while frames were still going out: the broker's reason, not
+        # "channel closed", which would read as a transient failure
+        closing = channel.closing
+        await asyncio.wait([closing], timeout=_CLOSE_REASON_S)
+        refusal = (
+            closing.exception() if closing.done() and not closing.cancelled() else None
+        )
+        if isinstance(refusal, AMQPError):
+            raise refusal from error
+        raise
+
+
+async def _declare_ladder(channel: aiormq.abc.AbstractChannel, ladder: Ladder) -> None:
     await channel.exchange_declare(
         ladder.undeliverable, exchange_type="fanout", durable=True
     )
@@ -96,6 +120,18 @@ async def declare_ladder(channel: aiormq.abc.AbstractChannel, ladder: Ladder) ->
     )
 
 
+def inequivalent(ladder: Ladder, error: BaseException) -> str:
+    """What to do about a ladder the broker has with other arguments."""
+    return (
+        f"the broker refused to declare ladder {ladder.prefix!r} ({error}): a queue "
+        f"or exchange of that name exists with other arguments, declared by hand, "
+        f"by another program or by an earlier aio-backoff (whose classic levels "
+        f"were not 'x-queue-mode: lazy'). Once its queues are empty, delete the "
+        f"queues and exchanges named {ladder.prefix!r}.* and they are declared "
+        f"again; or give this application another delay_exchange"
+    )
+
+
 class LadderPlacement:
     """The :class:`~aio_backoff.aiopika._placement.Placement` of ``"ladder"``."""
 
@@ -135,7 +171,11 @@ class LadderPlacement:
     ) -> None:
         async def declare() -> None:
             started = self._clock()
-            await declare_ladder(channel, self.ladder)
+            try:
+                await declare_ladder(channel, self.ladder)
+            except ChannelPreconditionFailed as error:
+                what = inequivalent(self.ladder, error)
+                raise CopyNotPlaced(what, permanent=True) from error
             log.debug(
                 "declared ladder %r (%d queues) in %.0f ms",
                 self.ladder.prefix,

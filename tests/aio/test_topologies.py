@@ -486,6 +486,25 @@ async def test_a_burst_of_copies_shares_one_declare_and_one_bind(
     assert back == {f"burst-{number}" for number in range(count)}
 
 
+async def test_a_ladder_declared_with_other_arguments_says_what_to_do(
+    site: Site,
+) -> None:
+    """A level queue left by an earlier version (classic, not lazy): the declare
+    fails once, permanently, with the broker's reason and the way out."""
+    publisher = site.publisher()
+    ladder = Ladder(publisher.delay_exchange)
+    earlier = ladder.level_arguments(5)
+    del earlier["x-queue-mode"]
+    await site.channel.declare_queue(ladder.level(5), durable=True, arguments=earlier)
+    with pytest.raises(CopyNotPlaced) as caught:
+        await publisher.declare()
+    assert caught.value.permanent
+    text = str(caught.value)
+    assert "PRECONDITION_FAILED" in text
+    assert "x-queue-mode" in text
+    assert f"delete the queues and exchanges named {ladder.prefix!r}.*" in text
+
+
 # -- 3. the ladder's queues are fixed; per-delay makes one per delay -----------------
 
 

@@ -119,6 +119,14 @@ def test_level_arguments_per_queue_type() -> None:
         "x-queue-type": "classic",
         "x-message-ttl": 8,
         "x-dead-letter-exchange": "backoff.ladder.classic.02",
+        "x-queue-mode": "lazy",  # copies on disk, not in memory (3.10, 3.11)
+    }
+    assert Ladder().undeliverable_arguments == {
+        "x-queue-type": "classic",
+        "x-queue-mode": "lazy",
+    }
+    assert Ladder(queue_type="quorum").undeliverable_arguments == {
+        "x-queue-type": "quorum"
     }
     quorum = Ladder(queue_type="quorum").level_arguments(0)
     assert quorum == {
