@@ -37,7 +37,10 @@
 #   ctl N ARGS   rabbitmqctl ARGS against node N (e.g. ctl 2 list_queues name)
 #
 # Environment: CLUSTER_VERSION (default 3; --version wins), CLUSTER_TIMEOUT
-# (seconds to wait for a node, default 90), RABBITMQ4_ROOT (the 4.x chroot).
+# (seconds to wait for a node, default 90), RABBITMQ4_ROOT (the 4.x chroot),
+# AIO_BACKOFF_DLX_PREFETCH (the at-least-once dead-letter worker's prefetch in each
+# node's advanced.config: 512, as docs/topology.md recommends for a quorum ladder;
+# 32 is RabbitMQ's default).
 # Needs root.
 set -euo pipefail
 export LC_ALL=C
@@ -165,6 +168,7 @@ node_env() {
         "RABBITMQ_NODE_PORT=$AMQP_PORT" \
         "RABBITMQ_DIST_PORT=$DIST_PORT" \
         "RABBITMQ_CONFIG_FILE=$NDIR/rabbitmq.conf" \
+        "RABBITMQ_ADVANCED_CONFIG_FILE=$NDIR/advanced.config" \
         "RABBITMQ_ENABLED_PLUGINS_FILE=$NDIR/enabled_plugins" \
         "RABBITMQ_MNESIA_BASE=$NDIR/mnesia" \
         "RABBITMQ_LOG_BASE=$NDIR/log" \
@@ -238,6 +242,13 @@ collect_statistics_interval = 500
 cluster_formation.peer_discovery_backend = classic_config
 $(peers)
 EOF
+    # Erlang terms the new-style file has no key for: the at-least-once
+    # dead-letter worker's prefetch, 512 as docs/topology.md recommends for a
+    # quorum ladder (RabbitMQ's default, 32, forwards 10,000 copies several
+    # times slower; AIO_BACKOFF_DLX_PREFETCH=32 gives it back)
+    local prefetch=${AIO_BACKOFF_DLX_PREFETCH:-512}
+    [[ $prefetch =~ ^[1-9][0-9]*$ ]] || die "AIO_BACKOFF_DLX_PREFETCH must be a positive integer, got '$prefetch'"
+    echo "[{rabbit, [{dead_letter_worker_consumer_prefetch, $prefetch}]}]." >"$DIR/advanced.config"
     # read instead of the installation's rabbitmq-env.conf; node_env sets the rest
     echo '# Written by aio-backoff scripts/cluster.sh.' >"$DIR/rabbitmq-env.conf"
     echo '[rabbitmq_management].' >"$DIR/enabled_plugins"
