@@ -41,6 +41,7 @@ __all__ = [
     "management_for",
     "management_url_for",
     "queue_size",
+    "unreadable",
     "vhost_of",
 ]
 
@@ -168,7 +169,8 @@ class Management:
     def queues(self, vhost: str) -> list[dict[str, Any]]:
         """Every queue of ``vhost``: name, type, arguments, messages."""
         answer: list[dict[str, Any]] = self.get(
-            f"queues/{_quoted(vhost)}", columns="name,type,arguments,messages"
+            f"queues/{_quoted(vhost)}",
+            columns="name,type,arguments,messages,effective_policy_definition",
         )
         return answer
 
@@ -235,12 +237,12 @@ async def look(
     """Up to ``limit`` messages of ``queue``, head first, left where they were.
 
     Each is taken with ``basic.get`` and not acknowledged, and the channel is then
-    closed: the broker puts them back, in their places, as a channel's unacked
-    messages go back when it closes. No message is acked, nacked or rejected, so
-    none is lost or copied, and on RabbitMQ 4.x a quorum queue does not count the
-    return toward its delivery limit. They come back with ``redelivered`` set, and
-    none can expire (or move on to the next ladder level) while it is held: a wait
-    that ends meanwhile ends when the channel closes. None: no such queue.
+    closed: the broker puts them back in their places, as it does with a closed
+    channel's unacked messages. None is acked, nacked or rejected, so none is lost
+    or copied. They come back with ``redelivered`` set, and none can expire (or
+    move on to the next ladder level) while it is held: a wait that ends meanwhile
+    ends when the channel closes. A quorum queue counts the return toward its
+    delivery limit: check :func:`unreadable` first. None: no such queue.
     """
     channel = await connection.channel()
     held: list[Held] = []
@@ -266,3 +268,36 @@ async def look(
         if not channel.is_closed:
             await channel.close()  # gives back every message taken, unacked
     return held
+
+
+def unreadable(queue: dict[str, Any], major_version: int | None) -> str | None:
+    """Why :func:`look` must not read ``queue`` (a management API queue), if so.
+
+    A quorum queue counts every message given back toward its delivery limit, a
+    channel's close included (measured on RabbitMQ 3.10.8, 4.0.5 and 4.3.6), and
+    dead-letters a message past it: a quorum ladder level would send the copy on to
+    the next level before its wait ends. So a quorum queue is read only when it has
+    no limit: no ``x-delivery-limit`` (or ``delivery-limit`` policy) on RabbitMQ
+    3.x, a negative one on 4.x (where the default is 20).
+    """
+    if queue.get("type") != "quorum":
+        return None
+    policy = queue.get("effective_policy_definition") or {}
+    arguments = queue.get("arguments") or {}
+    limits = [
+        value
+        for value in (arguments.get("x-delivery-limit"), policy.get("delivery-limit"))
+        if isinstance(value, int)
+    ]
+    if limits:
+        limit: int | None = min(limits)
+    elif major_version is None or major_version >= 4:
+        limit = 20
+    else:
+        limit = None
+    if limit is None or limit < 0:
+        return None
+    return (
+        f"quorum queue with a delivery limit of {limit}: every look would count "
+        "toward it, so only its size is shown"
+    )
