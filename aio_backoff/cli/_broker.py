@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
 import urllib.error
 import urllib.parse
@@ -194,6 +195,8 @@ def management_for(args: argparse.Namespace) -> Management:
 async def connect(url: str, *, timeout: float = 10.0) -> AbstractConnection:  # noqa: ASYNC109
     """An AMQP connection; the reasons it fails as :class:`CliError`\\ s."""
     shown = _redacted(url)
+    for name in ("aio_pika", "aiormq"):  # their failure is said once, below
+        logging.getLogger(name).addHandler(logging.NullHandler())
     try:
         return await aio_pika.connect(url, timeout=timeout)
     except ProbableAuthenticationError as error:

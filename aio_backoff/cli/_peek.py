@@ -45,7 +45,7 @@ def _copy_row(copy: Copy) -> dict[str, Any]:
         "message_id": copy.message_id,
         "retries": copy.retries,
         "delay_ms": copy.delay_ms,
-        "due": (
+        "due_utc": (
             "never (undeliverable)"
             if copy.due_by is None
             else f"{_short(copy.due_after)}..{_short(copy.due_by)}"
@@ -104,7 +104,7 @@ async def run(args: argparse.Namespace) -> int:
         text.append(
             table(
                 [_copy_row(copy) for copy in shown],
-                ["message_id", "retries", "delay_ms", "due", "where"],
+                ["message_id", "retries", "delay_ms", "due_utc", "where"],
             )
         )
     text += [

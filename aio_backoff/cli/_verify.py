@@ -96,7 +96,11 @@ def _broker_findings(report: BrokerReport, args: argparse.Namespace) -> list[Fin
                 "Enable rabbitmq_delayed_message_exchange, or use --topology ladder",
             )
         )
-    found += [Finding("note", note) for note in report.notes]
+    found += [
+        Finding("note", note)
+        for note in report.notes
+        if quorum or "quorum" not in note  # about quorum ladders only
+    ]
     return found
 
 
@@ -189,7 +193,9 @@ def per_delay_findings(
         said = "; ".join(
             f"grace {grace} ms: {', '.join(names[:3])}"
             + (" ..." if len(names) > 3 else "")
-            for grace, names in sorted(graces.items(), key=lambda kv: str(kv[0]))
+            for grace, names in sorted(
+                graces.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)
+            )
         )
         found.append(
             Finding(
