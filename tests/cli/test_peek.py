@@ -11,6 +11,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from aio_backoff import Ladder
+from aio_backoff.cli._broker import look
 from tests.cli.conftest import (
     Cli,
     back_to,
@@ -169,3 +170,35 @@ async def test_an_unknown_queue_exits_6(
     ran = await cli("peek", unique_name("nothing"))
     assert ran.code == 6
     assert "Check the name and the virtual host" in ran.err
+
+
+async def test_a_copy_looked_at_reaches_its_target_not_redelivered(
+    connection: AbstractConnection,
+    channel: AbstractChannel,
+    declared: Any,
+    unique_name: Callable[[str], str],
+) -> None:
+    """The redelivered flag a look sets stays in the delay queue: dead-lettering
+    puts a new message in the target queue."""
+    target = declared.queue(unique_name("orders"))
+    waiting = declared.queue(unique_name("delay"))
+    await channel.declare_queue(target, durable=True)
+    await channel.declare_queue(
+        waiting,
+        durable=True,
+        arguments={
+            "x-message-ttl": 300,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": target,
+        },
+    )
+    await channel.default_exchange.publish(
+        aio_pika.Message(b"copy", message_id="copy-1"), routing_key=waiting
+    )
+    held = await look(connection, waiting, 10)
+    assert held is not None
+    assert [one.message_id for one in held] == ["copy-1"]
+    await back_to(connection, target, 1)
+    queue = await channel.declare_queue(target, passive=True)
+    got = await queue.get(no_ack=True)
+    assert (got.message_id, got.redelivered) == ("copy-1", False)
