@@ -168,11 +168,18 @@ class Management:
         return answer
 
     def queues(self, vhost: str) -> list[dict[str, Any]]:
-        """Every queue of ``vhost``: name, type, arguments, messages."""
-        answer: list[dict[str, Any]] = self.get(
-            f"queues/{_quoted(vhost)}",
-            columns="name,type,arguments,messages,effective_policy_definition",
-        )
+        """Every queue of ``vhost``: name, type, arguments, messages, policy."""
+        try:
+            answer: list[dict[str, Any]] = self.get(
+                f"queues/{_quoted(vhost)}",
+                columns="name,type,arguments,messages,effective_policy_definition",
+            )
+        except CliError as error:
+            if error.code != Exit.UNKNOWN:
+                raise
+            what = f"the broker has no virtual host {vhost!r}"
+            todo = "Check --vhost (or the path of --url)"
+            raise CliError(what, todo, Exit.UNKNOWN) from error
         return answer
 
     def bindings_from(self, vhost: str, exchange: str) -> list[dict[str, Any]]:
@@ -203,10 +210,23 @@ async def connect(url: str, *, timeout: float = 10.0) -> AbstractConnection:  # 
         what = f"the broker at {shown} refused the credentials ({error})"
         todo = "Check the user and password in --url"
         raise CliError(what, todo, Exit.ACCESS) from error
-    except (AMQPError, OSError, TimeoutError) as error:
-        what = f"no broker answers at {shown} ({error or type(error).__name__})"
-        todo = "Check --url (or $AIO_BACKOFF_AMQP_URL) and that RabbitMQ runs there"
-        raise CliError(what, todo, Exit.UNREACHABLE) from error
+    except AMQPError as error:
+        if "Connection.Close" not in str(error):
+            raise _unreachable(shown, error) from error
+        vhost = vhost_of(url)
+        what = f"the broker at {shown} closed the connection on opening {vhost!r}"
+        todo = (
+            "Check the virtual host (the path of --url) exists and the user may use it"
+        )
+        raise CliError(what, todo, Exit.ACCESS) from error
+    except (OSError, TimeoutError) as error:
+        raise _unreachable(shown, error) from error
+
+
+def _unreachable(shown: str, error: BaseException) -> CliError:
+    what = f"no broker answers at {shown} ({error or type(error).__name__})"
+    todo = "Check --url (or $AIO_BACKOFF_AMQP_URL) and that RabbitMQ runs there"
+    return CliError(what, todo, Exit.UNREACHABLE)
 
 
 @dataclass(frozen=True)

@@ -172,14 +172,16 @@ async def test_an_unknown_queue_exits_6(
     assert "Check the name and the virtual host" in ran.err
 
 
-async def test_a_copy_looked_at_reaches_its_target_not_redelivered(
+async def test_what_a_look_does_to_the_redelivered_flag_of_a_copy_at_its_target(
+    broker: Any,
     connection: AbstractConnection,
     channel: AbstractChannel,
     declared: Any,
     unique_name: Callable[[str], str],
 ) -> None:
-    """The redelivered flag a look sets stays in the delay queue: dead-lettering
-    puts a new message in the target queue."""
+    """On RabbitMQ 3.10.8 and 4.0.5 the redelivered flag a look sets stays in the
+    delay queue (dead-lettering puts a new message in the target queue); on 4.3.6
+    the dead-lettered copy arrives at its target with the flag set (docs/cli.md)."""
     target = declared.queue(unique_name("orders"))
     waiting = declared.queue(unique_name("delay"))
     await channel.declare_queue(target, durable=True)
@@ -201,4 +203,5 @@ async def test_a_copy_looked_at_reaches_its_target_not_redelivered(
     await back_to(connection, target, 1)
     queue = await channel.declare_queue(target, passive=True)
     got = await queue.get(no_ack=True)
-    assert (got.message_id, got.redelivered) == ("copy-1", False)
+    follows = broker.name == "rabbitmq4.3"
+    assert (got.message_id, got.redelivered) == ("copy-1", follows)

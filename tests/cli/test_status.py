@@ -131,3 +131,29 @@ async def test_unreachable_broker_exits_3(cli: Cli) -> None:
     )
     assert ran.code == 3
     assert "no broker answers" in ran.err
+
+
+async def test_an_unknown_vhost_in_the_url_exits_4(cli: Cli, broker: Any) -> None:
+    ran = await cli(
+        "status", "--url", broker.amqp_url.rstrip("/") + "/no-such-vhost",
+        "--management-url", broker.api_url, with_broker=False,
+    )  # fmt: skip
+    assert ran.code == 4
+    assert "on opening 'no-such-vhost'" in ran.err
+
+
+async def test_an_unknown_vhost_option_exits_6(cli: Cli) -> None:
+    ran = await cli("status", "--vhost", "no-such-vhost")
+    assert ran.code == 6
+    assert "no virtual host 'no-such-vhost'" in ran.err
+
+
+async def test_management_refusing_the_credentials_exits_4(
+    cli: Cli, broker: Any
+) -> None:
+    api = broker.api_url.replace("guest:guest", "guest:wrong")
+    ran = await cli(
+        "status", "--url", broker.amqp_url, "--management-url", api, with_broker=False
+    )
+    assert ran.code == 4
+    assert "refused user 'guest' (HTTP 401)" in ran.err
