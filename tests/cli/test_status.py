@@ -157,3 +157,29 @@ async def test_management_refusing_the_credentials_exits_4(
     )
     assert ran.code == 4
     assert "refused user 'guest' (HTTP 401)" in ran.err
+
+
+async def test_a_quorum_ladder_level_as_declared_is_read_only_on_3x(
+    cli: Cli,
+    broker: Any,
+    connection: AbstractConnection,
+    channel: AbstractChannel,
+    declared: Any,
+    unique_name: Callable[[str], str],
+) -> None:
+    """A quorum level with the ladder's own arguments: no delivery limit on 3.x,
+    where status reads it; the default limit of 20 on 4.x, where it is counted."""
+    target = unique_name("orders")
+    ladder = Ladder(unique_name("dx"), "quorum")
+    await put_ladder_copy(channel, declared, ladder, LEVEL, 2**LEVEL, target)
+    ran = await cli("status", "--json", "--delay-exchange", ladder.delay_exchange)
+    assert ran.code == 0, ran.err
+    read = {row["queue"]: row["waiting"] for row in ran.json()["targets"]}
+    if broker.major >= 4:
+        assert ran.json()["not_read"] == {ladder.level(LEVEL): 1}
+        assert "delivery limit of 20" in " ".join(ran.json()["notes"])
+        assert target not in read
+    else:
+        assert ran.json()["not_read"] == {}
+        assert read[target] == 1
+    await back_to(connection, ladder.level(LEVEL), 1)
