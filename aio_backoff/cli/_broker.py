@@ -195,8 +195,32 @@ def _quoted(name: str) -> str:
 
 
 def management_for(args: argparse.Namespace) -> Management:
-    """The management API the command line's options name."""
-    return Management(management_url_for(args.url, args.management_url))
+    """The management API the command line's options name. One guessed from
+    ``--url`` (no ``--management-url``) must be the broker's at ``--url``: its AMQP
+    listeners include that port (an explicit one is trusted: behind a port mapping
+    the listener's port is not the one the client sees).
+
+    Raises :class:`ManagementOff` when it does not answer.
+    """
+    management = Management(management_url_for(args.url, args.management_url))
+    overview = management.overview()
+    if args.management_url:
+        return management
+    listeners = overview.get("listeners") or []
+    ports = {
+        listener.get("port")
+        for listener in listeners
+        if str(listener.get("protocol", "")).startswith("amqp")
+    }
+    port = urllib.parse.urlsplit(args.url).port or 5672
+    if ports and port not in ports:
+        what = (
+            f"the management API at {management.base} belongs to a broker whose "
+            f"AMQP port is {', '.join(map(str, sorted(ports)))}, not {port}"
+        )
+        todo = "Pass --management-url, the management API of the broker at --url"
+        raise CliError(what, todo, Exit.USAGE)
+    return management
 
 
 async def connect(url: str, *, timeout: float = 10.0) -> AbstractConnection:  # noqa: ASYNC109

@@ -296,10 +296,10 @@ async def _ladder_by_amqp(args: argparse.Namespace) -> list[Finding]:
 
 async def run(args: argparse.Namespace) -> int:
     vhost = args.vhost or vhost_of(args.url)
-    management: Management | None = management_for(args)
+    management: Management | None
     found: list[Finding] = []
     try:
-        management_for(args).overview()
+        management = management_for(args)
     except ManagementOff as off:
         management = None
         found.append(Finding("note", off.what, off.todo))

@@ -183,3 +183,14 @@ async def test_a_quorum_ladder_level_as_declared_is_read_only_on_3x(
         assert ran.json()["not_read"] == {}
         assert read[target] == 1
     await back_to(connection, ladder.level(LEVEL), 1)
+
+
+async def test_a_guessed_management_api_of_another_broker_is_refused(
+    cli: Cli, broker: Any
+) -> None:
+    """Without --management-url the API is guessed on port 15672; when the broker
+    there listens on another AMQP port, its queues are not this broker's."""
+    url = broker.amqp_url.replace(":5672/", ":5673/").replace(":5674/", ":5673/")
+    ran = await cli("status", "--url", url, with_broker=False)
+    assert ran.code == 2, ran.out
+    assert "belongs to a broker whose AMQP port is 5672, not 5673" in ran.err
