@@ -234,9 +234,11 @@ async def _declared(
     queues = {queue["name"]: queue for queue in management.queues(vhost)}
     if args.topology == "ladder":
         return ladder_findings(queues, Ladder(args.delay_exchange, args.queue_type))
-    if args.delay_exchange not in {
-        e["name"] for e in management.get(f"exchanges/{_q(vhost)}", columns="name")
-    }:
+    types = {
+        e["name"]: e.get("type")
+        for e in management.get(f"exchanges/{_q(vhost)}", columns="name,type")
+    }
+    if args.delay_exchange not in types:
         return [
             Finding(
                 "note",
@@ -249,7 +251,19 @@ async def _declared(
         for binding in management.bindings_from(vhost, args.delay_exchange)
         if binding.get("destination_type") == "queue"
     }
-    return per_delay_findings(queues, bound, args.delay_exchange)
+    found = per_delay_findings(queues, bound, args.delay_exchange)
+    if types[args.delay_exchange] != "headers":
+        found.append(
+            Finding(
+                "fix",
+                f"the delay exchange {args.delay_exchange!r} is a "
+                f"{types[args.delay_exchange]} exchange, not a headers exchange: "
+                "services that declare it fail (PRECONDITION_FAILED)",
+                "Give the per-delay services a delay_exchange of their own, or "
+                "delete this exchange if nothing else uses it",
+            )
+        )
+    return found
 
 
 def _q(name: str) -> str:

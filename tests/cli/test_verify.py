@@ -167,3 +167,16 @@ async def test_bad_credentials_exit_4(cli: Cli, broker: Any) -> None:
     assert ran.code == 4
     assert "wrong" not in ran.err
     assert "Check the user and password" in ran.err
+
+
+async def test_a_delay_exchange_of_another_type_is_to_fix(
+    cli: Cli,
+    channel: AbstractChannel,
+    declared: Any,
+    unique_name: Callable[[str], str],
+) -> None:
+    exchange = declared.exchange(unique_name("dx"))
+    await channel.declare_exchange(exchange, type="topic", durable=True)
+    ran = await cli("verify", "--topology", "per-delay", "--delay-exchange", exchange)
+    assert ran.code == 1, ran.out
+    assert f"the delay exchange {exchange!r} is a topic exchange" in ran.out
