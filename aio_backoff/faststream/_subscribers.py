@@ -1,0 +1,50 @@
+"""What the middleware needs to know of a FastStream subscriber, in one place.
+
+FastStream 0.6 and 0.7 agree on these (``handler_`` in the context, a subscriber's
+``ack_policy`` and ``queue``, the broker's prefix in its ``_outer_config``); a
+version that moves them needs changes here only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream.middlewares import AckPolicy
+
+from ..core._backoff import BackoffConfigError
+
+__all__ = ["check_ack_policy", "current_subscriber", "queue_name"]
+
+
+def current_subscriber(context: Any) -> Any:
+    """The subscriber whose handler the message is for (FastStream's ``handler_``)."""
+    return context.get_local("handler_")
+
+
+def queue_name(subscriber: Any) -> str:
+    """The name of the queue ``subscriber`` consumes, with the broker's prefix."""
+    queue = getattr(subscriber, "queue", None)
+    name = getattr(queue, "name", None)
+    if not name:
+        msg = (
+            f"cannot retry messages of {subscriber!r}: it is not a RabbitMQ "
+            "subscriber with a named queue (copies come back to a queue by name)"
+        )
+        raise BackoffConfigError(msg)
+    prefix = getattr(getattr(subscriber, "_outer_config", None), "prefix", "") or ""
+    return f"{prefix}{name}"
+
+
+def check_ack_policy(subscriber: Any) -> None:
+    """``BackoffConfigError`` when ``subscriber``'s messages are acked before its
+    handler runs (``AckPolicy.ACK_FIRST``, or ``no_ack=True`` on 0.6): a retry
+    needs the original unsettled until its copy is placed."""
+    if getattr(subscriber, "ack_policy", None) is AckPolicy.ACK_FIRST:
+        msg = (
+            f"cannot retry messages from queue {queue_name(subscriber)!r}: its "
+            "subscriber uses AckPolicy.ACK_FIRST (or no_ack=True), so each message "
+            "is acked before the handler runs and a failed one would be lost; use "
+            "ack_policy=AckPolicy.REJECT_ON_ERROR (the default), NACK_ON_ERROR, ACK "
+            "or MANUAL on this subscriber"
+        )
+        raise BackoffConfigError(msg)

@@ -1,0 +1,1 @@
+from tests.aio_fixtures import *  # noqa: F403
