@@ -198,3 +198,55 @@ async def test_ack_first_is_refused_at_startup(
     with pytest.raises(BackoffConfigError, match=r"ACK_FIRST.*lost"):
         await middleware.start()
     await broker.stop()
+
+
+async def test_other_errors_follow_the_ack_policy(
+    declared: Any, unique_name: Callable[[str], str]
+) -> None:
+    """NACK_ON_ERROR: a ValueError is FastStream's to settle (requeued, no count)."""
+    queue = declared.queue(unique_name("nack"))
+    broker = RabbitBroker(brokers.current().amqp_url)
+    middleware = BackoffMiddleware(broker, backoff=Fast)
+    seen: list[Any] = []
+
+    @broker.subscriber(queue, ack_policy=AckPolicy.NACK_ON_ERROR)
+    async def handle(message: RabbitMessage) -> None:
+        seen.append(
+            (message.headers.get("backoff-retries"), message.raw_message.redelivered)
+        )
+        if len(seen) < 2:
+            raise ValueError("not ours to retry")
+
+    async with running(broker, middleware):
+        await broker.publish("x", queue)
+        await wait_until(lambda: len(seen) == 2, what="the requeued delivery")
+
+    assert seen == [(None, False), (None, True)]
+
+
+async def test_manual_ack_policy_gets_its_original_acked_on_backoff(
+    declared: Any,
+    unique_name: Callable[[str], str],
+    connection: AbstractRobustConnection,
+) -> None:
+    """MANUAL: success is the handler's to ack; a Backoff's original is acked by the
+    middleware once its copy is placed (else it would come back twice)."""
+    queue = declared.queue(unique_name("manual"))
+    broker = RabbitBroker(brokers.current().amqp_url)
+    middleware = BackoffMiddleware(broker, backoff=Fast)
+    seen: list[Any] = []
+
+    @broker.subscriber(queue, ack_policy=AckPolicy.MANUAL)
+    async def handle(message: RabbitMessage) -> None:
+        seen.append(message.headers.get("backoff-retries"))
+        if len(seen) < 2:
+            raise Backoff
+        await message.ack()
+
+    async with running(broker, middleware):
+        await broker.publish("x", queue)
+        await wait_until(lambda: len(seen) == 2, what="the retry")
+
+    # after the app stopped, an unacked message would be back on the queue
+    assert await get_all(connection, queue) == []
+    assert seen == [None, 1]
