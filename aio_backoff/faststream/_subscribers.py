@@ -37,13 +37,13 @@ def queue_name(subscriber: Any) -> str:
 
 def check_ack_policy(subscriber: Any) -> None:
     """``BackoffConfigError`` when ``subscriber``'s messages are acked before its
-    handler runs (``AckPolicy.ACK_FIRST``, or ``no_ack=True`` on 0.6): a retry
-    needs the original unsettled until its copy is placed."""
+    handler runs (``AckPolicy.ACK_FIRST``: FastStream consumes it with ``no_ack``);
+    a retry needs the original unsettled until its copy is placed."""
     if getattr(subscriber, "ack_policy", None) is AckPolicy.ACK_FIRST:
         msg = (
             f"cannot retry messages from queue {queue_name(subscriber)!r}: its "
-            "subscriber uses AckPolicy.ACK_FIRST (or no_ack=True), so each message "
-            "is acked before the handler runs and a failed one would be lost; use "
+            "subscriber uses AckPolicy.ACK_FIRST, so each message is acked before "
+            "the handler runs and a failed one would be lost; use "
             "ack_policy=AckPolicy.REJECT_ON_ERROR (the default), NACK_ON_ERROR, ACK "
             "or MANUAL on this subscriber"
         )
