@@ -93,6 +93,11 @@ class BackoffMiddleware:
         broker.add_middleware(self)
 
     @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has run (and :meth:`stop` has not)."""
+        return self._retrier is not None
+
+    @property
     def retrier(self) -> Retrier:
         """The :class:`~aio_backoff.Retrier` whose table settles the messages
         (once started)."""
@@ -156,7 +161,8 @@ class _RetryScope(BaseMiddleware[Any, Any]):
         self, call_next: Callable[[Any], Awaitable[Any]], msg: Any
     ) -> Any:
         subscriber = current_subscriber(self.context)
-        await self.owner.start()
+        if not self.owner.started:  # nobody called start()
+            await self.owner.start()
         check_ack_policy(subscriber)
         processing = self.owner.retrier.process(
             msg.raw_message, queue=queue_name(subscriber)

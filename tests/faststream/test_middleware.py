@@ -250,3 +250,31 @@ async def test_manual_ack_policy_gets_its_original_acked_on_backoff(
     # after the app stopped, an unacked message would be back on the queue
     assert await get_all(connection, queue) == []
     assert seen == [None, 1]
+
+
+async def test_without_start_the_first_message_starts_it(
+    declared: Any, unique_name: Callable[[str], str]
+) -> None:
+    queue = declared.queue(unique_name("lazy"))
+    broker = RabbitBroker(brokers.current().amqp_url)
+    middleware = BackoffMiddleware(broker, backoff=Fast)
+    seen: list[Any] = []
+
+    @broker.subscriber(queue)
+    async def handle(message: RabbitMessage) -> None:
+        seen.append(message.headers.get("backoff-retries"))
+        if len(seen) < 2:
+            raise Backoff
+
+    app = FastStream(broker)  # no hooks
+    await app.start()
+    try:
+        assert not middleware.started
+        await broker.publish("x", queue)
+        await wait_until(lambda: len(seen) == 2, what="the retry")
+        assert middleware.started
+    finally:
+        await app.stop()
+        await middleware.stop()
+
+    assert seen == [None, 1]
