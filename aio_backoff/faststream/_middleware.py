@@ -37,7 +37,12 @@ from ..core._backoff import Backoff
 from ..core._ladder import QueueType
 from ..core._outcome import FailurePolicy
 from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, TopologyName
-from ._subscribers import check_ack_policy, current_subscriber, queue_name
+from ._subscribers import (
+    check_ack_policy,
+    current_subscriber,
+    is_exclusive,
+    queue_name,
+)
 
 __all__ = ["BackoffMiddleware"]
 
@@ -111,7 +116,9 @@ class BackoffMiddleware:
         topology (each queue is bound to it at its first copy).
 
         ``BackoffConfigError`` for a subscriber that acks before its handler runs;
-        ``ValueError`` for a queue the topology cannot bring copies back to.
+        ``ValueError`` for a queue the topology cannot bring copies back to (a
+        ladder target with a ``*`` or ``#`` word, an exclusive queue with the
+        ladder or the plugin).
         Idempotent; the first message starts it if nobody did.
         """
         async with self._starting:
@@ -120,13 +127,13 @@ class BackoffMiddleware:
             queues = []
             for subscriber in self.broker.subscribers:
                 check_ack_policy(subscriber)
-                queues.append(queue_name(subscriber))
+                queues.append((queue_name(subscriber), is_exclusive(subscriber)))
             connection = await self.broker.connect()
             channel = await connection.channel()
             retrier = Retrier(channel, **self._settings)
             try:
-                for queue in queues:
-                    retrier.publisher.check_target(queue)
+                for queue, exclusive in queues:
+                    retrier.publisher.check_target(queue, exclusive=exclusive)
                 # the queues may not exist yet (the broker declares them when it
                 # starts): each is bound to the topology at its first copy
                 await retrier.publisher.declare()

@@ -13,7 +13,7 @@ from faststream.middlewares import AckPolicy
 
 from ..core._backoff import BackoffConfigError
 
-__all__ = ["check_ack_policy", "current_subscriber", "queue_name"]
+__all__ = ["check_ack_policy", "current_subscriber", "is_exclusive", "queue_name"]
 
 
 def current_subscriber(context: Any) -> Any:
@@ -33,6 +33,11 @@ def queue_name(subscriber: Any) -> str:
         raise BackoffConfigError(msg)
     prefix = getattr(getattr(subscriber, "_outer_config", None), "prefix", "") or ""
     return f"{prefix}{name}"
+
+
+def is_exclusive(subscriber: Any) -> bool:
+    """Whether ``subscriber``'s queue is exclusive to the broker's connection."""
+    return bool(getattr(getattr(subscriber, "queue", None), "exclusive", False))
 
 
 def check_ack_policy(subscriber: Any) -> None:

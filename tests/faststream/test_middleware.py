@@ -11,7 +11,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from faststream import FastStream
 from faststream.middlewares import AckPolicy
-from faststream.rabbit import RabbitBroker, RabbitMessage
+from faststream.rabbit import RabbitBroker, RabbitMessage, RabbitQueue
 
 from aio_backoff import Backoff, BackoffConfigError, Retrier, parking_queue_name
 from aio_backoff.faststream import BackoffMiddleware
@@ -278,3 +278,36 @@ async def test_without_start_the_first_message_starts_it(
         await middleware.stop()
 
     assert seen == [None, 1]
+
+
+async def test_a_queue_the_ladder_cannot_return_to_is_refused_at_startup(
+    unique_name: Callable[[str], str],
+) -> None:
+    broker = RabbitBroker(brokers.current().amqp_url)
+    middleware = BackoffMiddleware(broker, backoff=Fast)
+
+    @broker.subscriber(unique_name("orders") + ".#")
+    async def handle(body: str) -> None:
+        raise Backoff
+
+    with pytest.raises(RuntimeError, match="not started"):
+        middleware.retrier  # noqa: B018
+    with pytest.raises(ValueError, match="#"):
+        await middleware.start()
+    assert not middleware.started
+    await broker.stop()
+
+
+async def test_an_exclusive_queue_is_refused_with_the_ladder(
+    unique_name: Callable[[str], str],
+) -> None:
+    broker = RabbitBroker(brokers.current().amqp_url)
+    middleware = BackoffMiddleware(broker, backoff=Fast)
+
+    @broker.subscriber(RabbitQueue(unique_name("mine"), exclusive=True))
+    async def handle(body: str) -> None:
+        raise Backoff
+
+    with pytest.raises(ValueError, match=r"exclusive.*per-delay"):
+        await middleware.start()
+    await broker.stop()
