@@ -39,6 +39,7 @@ from ..core._outcome import FailurePolicy
 from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, TopologyName
 from ._subscribers import (
     check_ack_policy,
+    consumed_queue,
     current_subscriber,
     is_exclusive,
     queue_name,
@@ -172,7 +173,7 @@ class _RetryScope(BaseMiddleware[Any, Any]):
             await self.owner.start()
         check_ack_policy(subscriber)
         processing = self.owner.retrier.process(
-            msg.raw_message, queue=queue_name(subscriber)
+            msg.raw_message, queue=consumed_queue(subscriber)
         )
         await processing.gate()
         try:

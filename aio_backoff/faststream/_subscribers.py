@@ -1,19 +1,27 @@
 """What the middleware needs to know of a FastStream subscriber, in one place.
 
 FastStream 0.6 and 0.7 agree on these (``handler_`` in the context, a subscriber's
-``ack_policy`` and ``queue``, the broker's prefix in its ``_outer_config``); a
-version that moves them needs changes here only.
+``ack_policy`` and ``queue``, the broker's prefix in its ``_outer_config``, the
+aio-pika queue it consumes in ``_queue_obj``); a version that moves them needs
+changes here only.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from aio_pika.abc import AbstractQueue
 from faststream.middlewares import AckPolicy
 
 from ..core._backoff import BackoffConfigError
 
-__all__ = ["check_ack_policy", "current_subscriber", "is_exclusive", "queue_name"]
+__all__ = [
+    "check_ack_policy",
+    "consumed_queue",
+    "current_subscriber",
+    "is_exclusive",
+    "queue_name",
+]
 
 
 def current_subscriber(context: Any) -> Any:
@@ -33,6 +41,15 @@ def queue_name(subscriber: Any) -> str:
         raise BackoffConfigError(msg)
     prefix = getattr(getattr(subscriber, "_outer_config", None), "prefix", "") or ""
     return f"{prefix}{name}"
+
+
+def consumed_queue(subscriber: Any) -> AbstractQueue | str:
+    """The aio-pika queue ``subscriber`` consumes (its declare arguments show the
+    final action a dead-letter exchange), or its name while it has none."""
+    queue = getattr(subscriber, "_queue_obj", None)
+    if isinstance(queue, AbstractQueue) and queue.name == queue_name(subscriber):
+        return queue
+    return queue_name(subscriber)
 
 
 def is_exclusive(subscriber: Any) -> bool:

@@ -311,3 +311,38 @@ async def test_an_exclusive_queue_is_refused_with_the_ladder(
     with pytest.raises(ValueError, match=r"exclusive.*per-delay"):
         await middleware.start()
     await broker.stop()
+
+
+async def test_expiry_dead_letters_when_the_subscribers_queue_has_a_dlx(
+    declared: Any,
+    unique_name: Callable[[str], str],
+    channel: AbstractChannel,
+    connection: AbstractRobustConnection,
+) -> None:
+    """The default final action sees the queue's x-dead-letter-exchange (given in
+    the subscriber's RabbitQueue) and dead-letters instead of parking."""
+    dlx = declared.exchange(unique_name("dlx"))
+    dead = declared.queue(unique_name("dead"))
+    exchange = await channel.declare_exchange(dlx, aio_pika.ExchangeType.FANOUT)
+    dead_queue = await channel.declare_queue(dead)
+    await dead_queue.bind(exchange)
+    queue = declared.queue(unique_name("orders"))
+    broker = RabbitBroker(brokers.current().amqp_url)
+    middleware = BackoffMiddleware(broker, backoff=fast_backoff((20,), limit=1))
+
+    @broker.subscriber(RabbitQueue(queue, arguments={"x-dead-letter-exchange": dlx}))
+    async def handle(body: str) -> None:
+        raise Backoff
+
+    dead_letters: list[Any] = []
+
+    async def dead_lettered() -> bool:
+        dead_letters.extend(await get_all(connection, dead))
+        return bool(dead_letters)
+
+    async with running(broker, middleware):
+        await broker.publish("x", queue)
+        await wait_until_true(dead_lettered, what="the dead-lettered message")
+
+    assert [m.body for m in dead_letters] == [b"x"]
+    assert await get_all(connection, parking_queue_name(queue)) == []
