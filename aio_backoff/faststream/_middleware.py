@@ -11,7 +11,9 @@ raises ``Backoff`` (or a      the original's delayed copy published (mandatory +
                               ``Backoff.Expired`` goes on to FastStream, which logs it
 ... copy not placed           as ``Retrier`` (back on the queue after a pause, or
                               dead-lettered/parked), then the error goes on
-raises anything else          FastStream's ack policy (reject, nack, ack or nothing)
+raises anything else          FastStream's ack policy (reject, nack, ack or nothing);
+                              FastStream's ``AckMessage``, ``NackMessage``, ... are
+                              FastStream's, whatever ``retry_for`` says
 ============================  ==========================================================
 
 A subscriber whose messages are acked before its handler runs (``ACK_FIRST``) is
@@ -27,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from aio_pika.abc import AbstractChannel
+from faststream.exceptions import IgnoredException
 from faststream.middlewares import BaseMiddleware
 from faststream.rabbit import RabbitBroker
 
@@ -178,6 +181,8 @@ class _RetryScope(BaseMiddleware[Any, Any]):
         await processing.gate()
         try:
             return await call_next(msg)
+        except IgnoredException:
+            raise  # FastStream's own: AckMessage, NackMessage, StopConsume, ...
         except Exception as error:
             backoff = processing.policy.backoff_for(error)
             if backoff is None:

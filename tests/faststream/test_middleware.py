@@ -10,6 +10,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from faststream import FastStream
+from faststream.exceptions import NackMessage
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitBroker, RabbitMessage, RabbitQueue
 
@@ -346,3 +347,27 @@ async def test_expiry_dead_letters_when_the_subscribers_queue_has_a_dlx(
 
     assert [m.body for m in dead_letters] == [b"x"]
     assert await get_all(connection, parking_queue_name(queue)) == []
+
+
+async def test_faststreams_own_exceptions_are_never_retried(
+    declared: Any, unique_name: Callable[[str], str]
+) -> None:
+    """NackMessage is FastStream's control flow, even under retry_for=[Exception]."""
+    queue = declared.queue(unique_name("nack"))
+    broker = RabbitBroker(brokers.current().amqp_url)
+    middleware = BackoffMiddleware(broker, backoff=Fast, retry_for=[Exception])
+    seen: list[Any] = []
+
+    @broker.subscriber(queue)
+    async def handle(message: RabbitMessage) -> None:
+        seen.append(
+            (message.headers.get("backoff-retries"), message.raw_message.redelivered)
+        )
+        if len(seen) < 2:
+            raise NackMessage
+
+    async with running(broker, middleware):
+        await broker.publish("x", queue)
+        await wait_until(lambda: len(seen) == 2, what="the requeued delivery")
+
+    assert seen == [(None, False), (None, True)]
