@@ -9,6 +9,15 @@ Supported: FastStream 0.6 and 0.7 (docs/faststream.md). Nothing else in
 aio_backoff imports this package or FastStream.
 """
 
+try:
+    import faststream.rabbit  # noqa: F401
+except ImportError as error:  # pragma: no cover - the extra is installed in tests
+    msg = (
+        f"aio_backoff.faststream needs FastStream with RabbitMQ support ({error}): "
+        'pip install "aio-backoff[faststream]"'
+    )
+    raise ImportError(msg) from error
+
 from ._middleware import BackoffMiddleware
 
 __all__ = ["BackoffMiddleware"]

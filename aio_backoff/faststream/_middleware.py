@@ -23,7 +23,6 @@ refused: :meth:`BackoffMiddleware.start` raises ``BackoffConfigError``.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -49,8 +48,6 @@ from ._subscribers import (
 )
 
 __all__ = ["BackoffMiddleware"]
-
-log = logging.getLogger("aio_backoff").getChild("faststream")
 
 
 class _Retried(Exception):
