@@ -86,10 +86,14 @@ class Processing:
         return None if isinstance(source, str) else source.arguments
 
     async def __aenter__(self) -> AbstractIncomingMessage:
-        publisher = self.retrier.publisher
-        if not publisher.available:  # the gate: no handler while copies cannot go
-            await publisher.wait_available()
+        await self.gate()
         return self.message
+
+    async def gate(self) -> None:
+        """Return once the publisher can place copies: no handler starts before."""
+        publisher = self.retrier.publisher
+        if not publisher.available:
+            await publisher.wait_available()
 
     def delivery(self) -> Delivery:
         """The message as :class:`~._settle.Settling` carries out its outcomes."""
@@ -122,7 +126,7 @@ class Processing:
         if backoff is None:
             await self._reject(exc)
             return False
-        await self._retry(backoff)
+        await self.retry(backoff)
         return True
 
     async def _carry_out(
@@ -146,7 +150,12 @@ class Processing:
             error,
         )
 
-    async def _retry(self, backoff: Backoff) -> None:
+    async def retry(self, backoff: Backoff) -> None:
+        """Settle the message by the table's ``Backoff`` rows: place the copy, then
+        ack; on expiry the final action, then ``Backoff.Expired`` is raised; a copy
+        not placed or a planning error settles as the table says and raises
+        (``CopyNotPlaced``, ``BackoffConfigError``). For executors that run the
+        handler themselves (the FastStream middleware)."""
         publisher = self.retrier.publisher
         try:
             plan = publisher.plan(self.message, backoff, target_queue=self.queue)
