@@ -62,12 +62,26 @@ else
     ".venv-py313 not created, so scripts/test.sh cannot run the 3.13 stages" >&2
 fi
 
+# FastStream 0.6 next to aio-pika 10: its [rabbit] extra pins aio-pika<10, so it is
+# installed without it (docs/faststream.md); scripts/test.sh runs tests/faststream on it.
+fs06_venv() {
+  if [[ ! -x .venv-fs06/bin/python || "$(cat .venv-fs06/.stamp 2>/dev/null)" != "$(stamp)" ]]; then
+    echo "setup: installing .venv-fs06 (aio-backoff[dev] with FastStream 0.6.7)"
+    "$PYTHON" -m venv .venv-fs06
+    flock build/.setup.lock .venv-fs06/bin/pip install -q --disable-pip-version-check \
+      -e ".[dev]" "faststream==0.6.7"
+    stamp >.venv-fs06/.stamp
+  fi
+}
+
 # The venvs are independent: install them at the same time.
 mkdir -p build
 pids=()
 dev_venv .venv "$PYTHON" &
 pids+=($!)
 upstream_venv &
+pids+=($!)
+fs06_venv &
 pids+=($!)
 if [[ -n $python313 ]]; then
   dev_venv .venv-py313 "$python313" &

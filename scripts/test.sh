@@ -9,7 +9,7 @@
 #   4.3      asyncio + nameko tests on 4.3 (5674)
 #   4.0      asyncio + nameko tests on 4.0 (5673)
 #   py3.13   asyncio + nameko tests on Python 3.13 (.venv-py313) against 3.10
-#   lint     ruff, mypy
+#   lint     ruff, mypy, the FastStream tests on FastStream 0.6 (.venv-fs06)
 # then, alone, the lanes
 #   faults   the fault suite on nodes of its own (scripts/faultbroker.sh) on 3.10
 #            (5690), 4.0 (5691) and 4.3 (5693), one after another: they restart and
@@ -105,7 +105,7 @@ run() {
 
 asyncio_tests() {  # broker name, then pytest arguments
   AIO_BACKOFF_BROKER=$1 $bin/coverage run -m pytest -p no:pytest_eventlet \
-    -p no:pytest_nameko tests/core tests/aio tests/interop "${@:2}"
+    -p no:pytest_nameko tests/core tests/aio tests/interop tests/cli tests/faststream "${@:2}"
 }
 nameko_tests() {  # broker name, amqp port, api port, then pytest arguments
   AIO_BACKOFF_BROKER=$1 $bin/coverage run --concurrency=eventlet -m pytest \
@@ -125,7 +125,12 @@ fault_tests() {  # broker version: 3, 4 (4.0) or 4.3
 # Python 3.13: the same suites, without coverage (the 3.11 runs measure it)
 py313_asyncio_tests() {
   AIO_BACKOFF_BROKER=rabbitmq3 .venv-py313/bin/python -m pytest -p no:pytest_eventlet \
-    -p no:pytest_nameko tests/core tests/aio tests/interop
+    -p no:pytest_nameko tests/core tests/aio tests/interop tests/cli tests/faststream
+}
+# FastStream 0.6 (the other venvs have 0.7)
+fs06_tests() {
+  AIO_BACKOFF_BROKER=rabbitmq3 .venv-fs06/bin/python -m pytest -p no:pytest_eventlet \
+    -p no:pytest_nameko tests/faststream
 }
 py313_nameko_tests() {
   AIO_BACKOFF_BROKER=rabbitmq3 .venv-py313/bin/python -m pytest tests/nameko \
@@ -188,6 +193,7 @@ lane_py313() {
 lane_lint() {
   run ruff $bin/ruff check .
   run mypy $bin/mypy
+  run "FastStream 0.6 tests on RabbitMQ 3.10" fs06_tests
 }
 
 # the test lanes (the longest first), then the fault suites alone

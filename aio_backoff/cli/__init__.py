@@ -20,15 +20,12 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from . import _peek, _preview, _replay, _status, _verify
 from ._errors import CliError, Exit
 
 __all__ = ["main"]
 
-
-def _commands() -> list[ModuleType]:
-    from . import _peek, _preview, _replay, _status, _verify
-
-    return [_status, _peek, _replay, _preview, _verify]
+_COMMANDS: tuple[ModuleType, ...] = (_status, _peek, _replay, _preview, _verify)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,10 +37,8 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in _commands():
-        one = sub.add_parser(
-            command.NAME, help=command.HELP, description=command.HELP
-        )
+    for command in _COMMANDS:
+        one = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP)
         command.configure(one)
         one.set_defaults(run=command.run)
     return top

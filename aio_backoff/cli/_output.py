@@ -31,9 +31,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def emit(
-    document: Any, text: str, *, as_json: bool, out: TextIO | None = None
-) -> None:
+def emit(document: Any, text: str, *, as_json: bool, out: TextIO | None = None) -> None:
     """Print ``document`` as JSON (``--json``) or ``text``."""
     out = out or sys.stdout
     if as_json:
