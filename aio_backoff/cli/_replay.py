@@ -69,6 +69,9 @@ BATCH = 200
 places at once if the replay is killed."""
 
 CONFIRM_TIMEOUT_S = 30.0
+IDLE_S = 2.0
+"""How long a replay waits for the next message before it ends (the queue was
+emptied by someone else)."""
 CONNECT_TIMEOUT_S = 10.0
 _PARKED_SUFFIX = parking_queue_name("")
 
@@ -291,17 +294,63 @@ class Progress:
         self.out.flush()
 
 
-async def _take(
-    channel: aiormq.abc.AbstractChannel, queue: str, count: int
-) -> list[aiormq.abc.DeliveredMessage]:
-    """Up to ``count`` messages from ``queue``, unacked."""
-    taken: list[aiormq.abc.DeliveredMessage] = []
-    while len(taken) < count:
-        message = await channel.basic_get(queue, no_ack=False)
-        if not isinstance(message.delivery, spec.Basic.GetOk):
-            break
-        taken.append(message)
-    return taken
+class Getter:
+    """Messages taken one ``basic.get`` at a time, unacked (``--dry-run``: nothing
+    is delivered beyond what is counted)."""
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel, queue: str) -> None:
+        self.channel = channel
+        self.queue = queue
+
+    async def batch(self, size: int) -> list[aiormq.abc.DeliveredMessage]:
+        taken: list[aiormq.abc.DeliveredMessage] = []
+        while len(taken) < size:
+            message = await self.channel.basic_get(self.queue, no_ack=False)
+            if not isinstance(message.delivery, spec.Basic.GetOk):
+                break
+            taken.append(message)
+        return taken
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
+
+class Consumer:
+    """Messages delivered by a consumer with ``prefetch`` unacked at most, handed
+    out in the order they came. Messages delivered past the ones taken are not
+    acked: they go back to the queue when the channel closes."""
+
+    def __init__(
+        self, channel: aiormq.abc.AbstractChannel, queue: str, prefetch: int
+    ) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.prefetch = prefetch
+        self.inbox: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
+        self.tag: str | None = None
+
+    async def _delivered(self, message: aiormq.abc.DeliveredMessage) -> None:
+        self.inbox.put_nowait(message)
+
+    async def batch(self, size: int) -> list[aiormq.abc.DeliveredMessage]:
+        """Up to ``size`` messages: those delivered by now, or the next one to
+        come within ``IDLE_S``; none after that."""
+        if self.tag is None:
+            await self.channel.basic_qos(prefetch_count=self.prefetch)
+            consuming = await self.channel.basic_consume(self.queue, self._delivered)
+            self.tag = consuming.consumer_tag
+        try:
+            first = await asyncio.wait_for(self.inbox.get(), IDLE_S)
+        except TimeoutError:
+            return []
+        taken = [first]
+        while len(taken) < size and not self.inbox.empty():
+            taken.append(self.inbox.get_nowait())
+        return taken
+
+    async def stop(self) -> None:
+        if self.tag is not None and not self.channel.is_closed:
+            await self.channel.basic_cancel(self.tag)
 
 
 async def _publish_and_ack(
@@ -364,7 +413,7 @@ async def _publish_and_ack(
 
 def _tag(message: aiormq.abc.DeliveredMessage) -> int:
     delivery = message.delivery
-    assert isinstance(delivery, spec.Basic.GetOk)  # _take keeps no other
+    assert isinstance(delivery, spec.Basic.GetOk | spec.Basic.Deliver)
     return int(delivery.delivery_tag or 0)
 
 
@@ -388,10 +437,14 @@ async def replay(args: argparse.Namespace) -> Tally:
             publisher_confirms=True, on_return_raises=True
         )
         underlay = await channel.get_underlay_channel()
+        source: Getter | Consumer = (
+            Getter(underlay, args.parked_queue)
+            if args.dry_run
+            else Consumer(underlay, args.parked_queue, min(2 * BATCH, max(total, 1)))
+        )
         try:
-            while args.limit is None or tally.moved < args.limit:
-                room = BATCH if args.limit is None else args.limit - tally.moved
-                taken = await _take(underlay, args.parked_queue, min(BATCH, room))
+            while tally.moved < total:
+                taken = await source.batch(min(BATCH, total - tally.moved))
                 if not taken:
                     break
                 batch = []
@@ -420,6 +473,7 @@ async def replay(args: argparse.Namespace) -> Tally:
                 progress.update(tally.moved)
         finally:
             progress.update(tally.moved, final=True)
+            await source.stop()
             if not channel.is_closed:
                 await channel.close()
         return tally
