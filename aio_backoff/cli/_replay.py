@@ -1,12 +1,14 @@
 """`aio-backoff replay`: move parked messages back to be processed (confirmed before
 acked).
 
-Messages are taken from the parking queue in batches (``basic.get``, unacked),
-published to their queue through the default exchange (mandatory, with publisher
-confirms), and each is acked from the parking queue only once the broker has
-confirmed its copy. An interrupted replay therefore loses nothing: what was not
-acked goes back to the parking queue when the connection closes; at most the last
-batch (published, not yet acked) is both replayed and still parked.
+A consumer takes the messages from the parking queue (``2 * BATCH`` unacked at
+most); each batch is published to its queue through the default exchange
+(mandatory, with publisher confirms), and each message is acked from the parking
+queue only once the broker has confirmed its copy. An interrupted replay therefore
+loses nothing: what was not acked goes back to the parking queue when the
+connection closes; at most one batch (confirmed, not yet acked) is both replayed and
+still parked. A replay moves the messages parked when it starts (at most
+``--limit``); ``--dry-run`` reads them with ``basic.get`` and acks none.
 
 Where a message goes: ``--to QUEUE``, else the queue its ``backoff-queue`` header
 names (where it was consumed from when it was parked), else the parking queue's
@@ -316,18 +318,28 @@ class Getter:
 
 
 class Consumer:
-    """Messages delivered by a consumer with ``prefetch`` unacked at most, handed
-    out in the order they came. Messages delivered past the ones taken are not
-    acked: they go back to the queue when the channel closes."""
+    """Messages delivered by a consumer, handed out in the order they came, never
+    more than ``total``: a message delivered and not acked goes back to the queue
+    when the channel closes, and on a quorum queue that counts toward its delivery
+    limit (measured on RabbitMQ 3.10, 4.0 and 4.3), so none is delivered that the
+    replay will not move.
+
+    The consumer's prefetch is ``2 * BATCH``, less near the end: before a batch is
+    acked (which lets the broker deliver more), a consumer that could then deliver
+    past ``total`` is cancelled, and the next batch starts one with a prefetch of
+    what is left.
+    """
 
     def __init__(
-        self, channel: aiormq.abc.AbstractChannel, queue: str, prefetch: int
+        self, channel: aiormq.abc.AbstractChannel, queue: str, total: int
     ) -> None:
         self.channel = channel
         self.queue = queue
-        self.prefetch = prefetch
+        self.left = total
+        """Messages still to hand out (delivered or not)."""
         self.inbox: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
         self.tag: str | None = None
+        self.prefetch = 0
 
     async def _delivered(self, message: aiormq.abc.DeliveredMessage) -> None:
         self.inbox.put_nowait(message)
@@ -335,22 +347,31 @@ class Consumer:
     async def batch(self, size: int) -> list[aiormq.abc.DeliveredMessage]:
         """Up to ``size`` messages: those delivered by now, or the next one to
         come within ``IDLE_S``; none after that."""
-        if self.tag is None:
+        undelivered = self.left - self.inbox.qsize()
+        if self.tag is None and undelivered > 0:
+            self.prefetch = min(2 * BATCH, undelivered)
             await self.channel.basic_qos(prefetch_count=self.prefetch)
             consuming = await self.channel.basic_consume(self.queue, self._delivered)
             self.tag = consuming.consumer_tag
+        if self.tag is None and self.inbox.empty():
+            return []
         try:
             first = await asyncio.wait_for(self.inbox.get(), IDLE_S)
         except TimeoutError:
             return []
         taken = [first]
-        while len(taken) < size and not self.inbox.empty():
+        while len(taken) < min(size, self.left) and not self.inbox.empty():
             taken.append(self.inbox.get_nowait())
+        self.left -= len(taken)
+        if self.tag is not None and self.prefetch > self.left:
+            # after the ack the broker could deliver up to prefetch - held more
+            await self.stop()
         return taken
 
     async def stop(self) -> None:
         if self.tag is not None and not self.channel.is_closed:
             await self.channel.basic_cancel(self.tag)
+        self.tag = None
 
 
 async def _publish_and_ack(
@@ -440,7 +461,7 @@ async def replay(args: argparse.Namespace) -> Tally:
         source: Getter | Consumer = (
             Getter(underlay, args.parked_queue)
             if args.dry_run
-            else Consumer(underlay, args.parked_queue, min(2 * BATCH, max(total, 1)))
+            else Consumer(underlay, args.parked_queue, total)
         )
         try:
             while tally.moved < total:

@@ -64,11 +64,17 @@ async def areplay(
     return await asyncio.to_thread(replay, capsys, *argv)
 
 
-async def park(channel: AbstractChannel, queue: str, count: int, **headers: Any) -> str:
+async def park(
+    channel: AbstractChannel,
+    queue: str,
+    count: int,
+    arguments: dict[str, Any] | None = None,
+    **headers: Any,
+) -> str:
     """``count`` parked messages (bodies and ids "0".."count-1") in
     ``{queue}.parked``, as the library parks them."""
     parked = f"{queue}.parked"
-    await channel.declare_queue(parked, durable=True)
+    await channel.declare_queue(parked, durable=True, arguments=arguments)
     for i in range(count):
         await channel.default_exchange.publish(
             aio_pika.Message(
@@ -279,6 +285,30 @@ async def test_errors_say_what_and_what_to_do(
     assert code == Exit.ACCESS
     assert "refused the login" in err
     assert await count(channel, parked) == 2
+
+
+async def test_limit_delivers_no_message_it_does_not_move(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    declared: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A quorum parking queue with a delivery limit of 1 drops a message returned
+    twice: replays with --limit must return none (past BATCH, so the consumer's
+    prefetch is cut near the end)."""
+    quorum = {"x-queue-type": "quorum", "x-delivery-limit": 1}
+    parked = await park(channel, target.name, 3 * BATCH, arguments=quorum)
+
+    for limit in (BATCH + 7, BATCH + 7, 5):
+        code, out, _ = await areplay(capsys, parked, "--limit", str(limit))
+        assert code == 0
+        assert out.startswith(f"replayed {limit} message(s)")
+    code, out, _ = await areplay(capsys, parked)
+    assert out.startswith(f"replayed {3 * BATCH - 2 * (BATCH + 7) - 5} message(s)")
+
+    bodies = [m.body for m in await drain(target)]
+    assert bodies == [str(i).encode() for i in range(3 * BATCH)]
+    assert await count(channel, parked) == 0
 
 
 def test_progress_bar_only_on_a_terminal() -> None:
