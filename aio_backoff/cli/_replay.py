@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import sys
 import time
 import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -59,7 +62,7 @@ from ..core._protocol import (
     retries_done,
 )
 from ..core._topology import parking_queue_name
-from ._broker import add_broker_arguments
+from ._broker import add_broker_arguments, management_url_for
 from ._errors import CliError, Exit
 from ._output import emit, table
 
@@ -264,6 +267,8 @@ class Tally:
     retries: Counter[int] = field(default_factory=Counter)
     """Retry counts the messages had (as the library counts them), for --dry-run."""
     started: float = field(default_factory=time.monotonic)
+    note: str | None = None
+    """Why a dry run read no message."""
 
     @property
     def moved(self) -> int:
@@ -453,6 +458,11 @@ async def replay(args: argparse.Namespace) -> Tally:
             )
         total = waiting if args.limit is None else min(waiting, args.limit)
         tally = Tally(args.parked_queue, args.reset_count, args.dry_run, total)
+        if args.dry_run:
+            kind = await asyncio.to_thread(queue_type, args)
+            if kind != "classic":
+                await _count_only(args, queues, tally, kind)
+                return tally
         progress = Progress(total)
         channel = await connection.channel(
             publisher_confirms=True, on_return_raises=True
@@ -500,6 +510,58 @@ async def replay(args: argparse.Namespace) -> Tally:
         return tally
 
 
+def queue_type(args: argparse.Namespace) -> str | None:
+    """``classic``, ``quorum`` or ``stream``: the parking queue's type from the
+    management API; None when it does not answer."""
+    base = urllib.parse.urlsplit(management_url_for(args.url, args.management_url))
+    amqp = urllib.parse.urlsplit(args.url)
+    vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+    address = (
+        f"{base.scheme}://{base.hostname}:{base.port or 15672}/api/queues/"
+        f"{urllib.parse.quote(vhost, safe='')}/"
+        f"{urllib.parse.quote(args.parked_queue, safe='')}"
+    )
+    credentials = (
+        f"{urllib.parse.unquote(base.username or 'guest')}:"
+        f"{urllib.parse.unquote(base.password or 'guest')}"
+    )
+    request = urllib.request.Request(  # noqa: S310 (http or https from the user)
+        address,
+        headers={
+            "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
+            kind = json.load(answer).get("type")
+    except (OSError, ValueError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+async def _count_only(
+    args: argparse.Namespace, queues: Queues, tally: Tally, kind: str | None
+) -> None:
+    """A dry run that reads no message: the count, to ``--to`` or the queue the
+    parking queue's name says."""
+    target = args.to or origin(args.parked_queue, None)
+    if target is not None:
+        await queues.check(
+            target,
+            "Declare it (start its consumer) or replay elsewhere with --to QUEUE",
+        )
+    if tally.expected:
+        tally.targets[target or "?"] = tally.expected
+    tally.note = (
+        f"messages not read: {args.parked_queue!r} is a {kind} queue, where a "
+        "message read and returned counts toward its delivery limit"
+        if kind
+        else "messages not read: the management API did not answer, so the queue "
+        "may be a quorum queue, where a message read and returned counts toward "
+        "its delivery limit (give --management-url)"
+    )
+
+
 def summary(tally: Tally) -> tuple[dict[str, Any], str]:
     """The document (``--json``) and the text of a replay."""
     seconds = time.monotonic() - tally.started
@@ -511,6 +573,7 @@ def summary(tally: Tally) -> tuple[dict[str, Any], str]:
         "targets": dict(tally.targets),
         "retries_before": {str(k): v for k, v in sorted(tally.retries.items())},
         "seconds": round(seconds, 3),
+        "note": tally.note,
     }
     counted = ", ".join(
         f"{count} to {target!r}" for target, count in tally.targets.most_common()
@@ -531,7 +594,10 @@ def summary(tally: Tally) -> tuple[dict[str, Any], str]:
         )
         if rows:
             text += table(rows, ["to", "messages"]) + "\n"
+        if retried:
             text += f"retries so far: {retried}\n"
+        if tally.note:
+            text += f"({tally.note})\n"
         return document, text
     rate = f", {tally.moved / seconds:.0f}/s" if seconds > 0 and tally.moved else ""
     text = (

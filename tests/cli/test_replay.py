@@ -31,6 +31,7 @@ __all__ = ["channel", "connection", "declared", "make_retrier", "target", "uniqu
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
 URL = brokers.current().amqp_url
+API = brokers.current().api_url
 PARKED_HEADERS = {
     "backoff-error": "Backoff aborted after '3' retries (~0 seconds)",
     RETRIES_HEADER: 3,
@@ -53,7 +54,7 @@ def replay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, st
     """``aio-backoff replay ARGV --url URL`` in this process: (code, out, err).
 
     ``main`` runs its own event loop, so this runs it in a thread."""
-    code = main(["replay", *argv, "--url", URL])
+    code = main(["replay", *argv, "--url", URL, "--management-url", API])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -309,6 +310,43 @@ async def test_limit_delivers_no_message_it_does_not_move(
     bodies = [m.body for m in await drain(target)]
     assert bodies == [str(i).encode() for i in range(3 * BATCH)]
     assert await count(channel, parked) == 0
+
+
+async def test_dry_run_reads_no_message_of_a_quorum_queue(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    quorum = {"x-queue-type": "quorum", "x-delivery-limit": 1}
+    parked = await park(channel, target.name, 3, arguments=quorum)
+
+    for _ in range(3):
+        code, out, _ = await areplay(capsys, parked, "--dry-run")
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0].startswith(
+            f"dry run: would replay 3 message(s) from {parked!r}"
+        )
+        assert lines[3].split() == [target.name, "3"]
+        assert lines[4] == (
+            f"(messages not read: {parked!r} is a quorum queue, where a message read "
+            "and returned counts toward its delivery limit)"
+        )
+    assert await count(channel, parked) == 3
+
+    # without the management API the type is unknown: nothing is read either
+    no_api = ["--management-url", "http://guest:guest@127.0.0.1:1"]
+    code, out, _ = await asyncio.to_thread(
+        lambda: (
+            main(["replay", parked, "--dry-run", "--url", URL, *no_api]),
+            *capsys.readouterr(),
+        )
+    )
+    assert code == 0
+    assert "the management API did not answer" in out
+    assert await count(channel, parked) == 3
+    assert (await areplay(capsys, parked))[0] == 0
+    assert [m.body for m in await drain(target)] == [b"0", b"1", b"2"]
 
 
 def test_progress_bar_only_on_a_terminal() -> None:
