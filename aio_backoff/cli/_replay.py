@@ -600,9 +600,10 @@ def summary(tally: Tally) -> tuple[dict[str, Any], str]:
             text += f"({tally.note})\n"
         return document, text
     rate = f", {tally.moved / seconds:.0f}/s" if seconds > 0 and tally.moved else ""
+    took = f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
     text = (
         f"replayed {tally.moved} message(s) from {tally.parked_queue!r}"
-        f"{': ' + counted if counted else ''} ({reset}) in {seconds:.1f} s{rate}"
+        f"{': ' + counted if counted else ''} ({reset}) in {took}{rate}"
     )
     return document, text
 
