@@ -30,6 +30,7 @@ import base64
 import contextlib
 import json
 import logging
+import signal
 import sys
 import time
 import urllib.parse
@@ -443,6 +444,34 @@ def _tag(message: aiormq.abc.DeliveredMessage) -> int:
     return int(delivery.delivery_tag or 0)
 
 
+async def _destinations(
+    args: argparse.Namespace,
+    queues: Queues,
+    taken: list[aiormq.abc.DeliveredMessage],
+    tally: Tally,
+) -> list[tuple[aiormq.abc.DeliveredMessage, str]]:
+    """Each message with the queue it goes to (which must exist); counts the
+    retries they had."""
+    batch = []
+    for message in taken:
+        headers = message.header.properties.headers
+        target = args.to or origin(args.parked_queue, headers)
+        if target is None:
+            msg = (
+                f"cannot tell where the messages of {args.parked_queue!r} came "
+                "from: it is not named {queue}.parked and a message has no "
+                "backoff-queue header"
+            )
+            raise CliError(msg, "Say where with --to QUEUE", Exit.USAGE)
+        await queues.check(
+            target,
+            "Declare it (start its consumer) or replay elsewhere with --to QUEUE",
+        )
+        batch.append((message, target))
+        tally.retries[retries_done(headers, args.delay_exchange)] += 1
+    return batch
+
+
 async def replay(args: argparse.Namespace) -> Tally:
     """Move (or with ``args.dry_run`` count) the parked messages."""
     async with connected(args.url) as connection:
@@ -473,41 +502,64 @@ async def replay(args: argparse.Namespace) -> Tally:
             if args.dry_run
             else Consumer(underlay, args.parked_queue, total)
         )
+        interrupted = _interrupt_between_batches()
         try:
-            while tally.moved < total:
+            while tally.moved < total and not interrupted.is_set():
                 taken = await source.batch(min(BATCH, total - tally.moved))
                 if not taken:
                     break
-                batch = []
-                for message in taken:
-                    headers = message.header.properties.headers
-                    target = args.to or origin(args.parked_queue, headers)
-                    if target is None:
-                        msg = (
-                            f"cannot tell where the messages of {args.parked_queue!r} "
-                            "came from: it is not named {queue}.parked and a message "
-                            "has no backoff-queue header"
-                        )
-                        raise CliError(msg, "Say where with --to QUEUE", Exit.USAGE)
-                    await queues.check(
-                        target,
-                        "Declare it (start its consumer) or replay elsewhere with "
-                        "--to QUEUE",
-                    )
-                    batch.append((message, target))
-                    tally.retries[retries_done(headers, args.delay_exchange)] += 1
+                batch = await _destinations(args, queues, taken, tally)
                 if args.dry_run:
                     tally.targets.update(target for _, target in batch)
                     # nothing acked: closing the channel returns them all
                 else:
                     await _publish_and_ack(underlay, batch, tally)
                 progress.update(tally.moved)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            print(  # before main's "interrupted"
+                f"aio-backoff replay: replayed {tally.moved} message(s) before it "
+                f"was stopped; the others are still in {args.parked_queue!r}, the "
+                "last batch's perhaps in both places (run it again to finish)",
+                file=sys.stderr,
+            )
+            raise
         finally:
+            _restore_interrupt()
             progress.update(tally.moved, final=True)
             await source.stop()
             if not channel.is_closed:
                 await channel.close()
+        if interrupted.is_set() and tally.moved < total:
+            msg = (
+                f"interrupted: {'counted' if args.dry_run else 'replayed'} "
+                f"{tally.moved} message(s); the others are still in "
+                f"{args.parked_queue!r}"
+            )
+            raise CliError(msg, "Run it again to finish", Exit.INTERRUPTED)
         return tally
+
+
+def _interrupt_between_batches() -> asyncio.Event:
+    """An event that Ctrl-C sets, so that the replay stops after the batch it is
+    on (published, confirmed, acked: nothing in two places); a second Ctrl-C
+    cancels at once. Where signals cannot be caught (not the main thread), Ctrl-C
+    cancels at once."""
+    interrupted = asyncio.Event()
+    task = asyncio.current_task()
+
+    def on_interrupt() -> None:
+        if interrupted.is_set() and task is not None:
+            task.cancel()
+        interrupted.set()
+
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_interrupt)
+    return interrupted
+
+
+def _restore_interrupt() -> None:
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
 
 
 def queue_type(args: argparse.Namespace) -> str | None:

@@ -407,7 +407,13 @@ async def cli(*argv: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # a shell without job control starts tests with SIGINT ignored
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.timeout(90)
@@ -480,3 +486,42 @@ async def _at_least(channel: AbstractChannel, queue: str, wanted: int) -> bool:
 async def _drained_all(drain_target: Callable[[], Any], arrived: Counter[str]) -> bool:
     await drain_target()
     return len(arrived) == MANY
+
+
+@pytest.mark.timeout(90)
+async def test_ctrl_c_stops_after_the_batch_and_says_how_far_it_got(
+    connection: AbstractConnection,
+    channel: AbstractChannel,
+    target: AbstractQueue,
+) -> None:
+    parked = await park_many(connection, target.name)
+    arrived: Counter[str] = Counter()
+
+    process = await cli("replay", parked)
+    await wait_until_true(
+        lambda: _at_least(channel, target.name, MANY // 5),
+        seconds=30,
+        what="the replay under way",
+    )
+    process.send_signal(signal.SIGINT)
+    _, err = await process.communicate()
+
+    assert process.returncode == Exit.INTERRUPTED
+    [said] = err.decode().splitlines()
+    moved = int(said.split(": replayed ")[1].split()[0])
+    assert MANY // 5 <= moved < MANY
+    assert said.endswith(f"the others are still in {parked!r}. Run it again to finish")
+    # it stopped after a batch: all it moved is acked, none is in two places
+    assert await count(channel, parked) == MANY - moved
+
+    process = await cli("replay", parked, "--json")
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out)["messages"] == MANY - moved  # none in two places
+
+    async def drained() -> bool:
+        arrived.update(m.body.decode() for m in await drain(target))
+        return sum(arrived.values()) >= MANY
+
+    await wait_until_true(drained, seconds=30, what="all messages in the target")
+    assert arrived == Counter(str(i) for i in range(MANY))
