@@ -428,12 +428,7 @@ async def test_a_killed_replay_loses_nothing_and_a_second_one_finishes(
     async def drain_target() -> None:
         arrived.update(m.body.decode() for m in await drain(target))
 
-    process = await cli("replay", parked)
-    await wait_until_true(
-        lambda: _at_least(channel, target.name, MANY // 5),
-        seconds=30,
-        what="the replay under way",
-    )
+    process = await replay_until_a_fifth_arrived(channel, parked, target.name)
     process.send_signal(signal.SIGKILL)
     await process.wait()
     assert process.returncode == -signal.SIGKILL
@@ -479,8 +474,18 @@ async def test_a_killed_replay_loses_nothing_and_a_second_one_finishes(
     )
 
 
-async def _at_least(channel: AbstractChannel, queue: str, wanted: int) -> bool:
-    return await count(channel, queue) >= wanted
+async def replay_until_a_fifth_arrived(
+    channel: AbstractChannel, parked: str, target: str
+) -> asyncio.subprocess.Process:
+    """``aio-backoff replay PARKED`` as a subprocess, once ``MANY // 5`` messages
+    are in ``target``."""
+    process = await cli("replay", parked)
+
+    async def under_way() -> bool:
+        return await count(channel, target) >= MANY // 5
+
+    await wait_until_true(under_way, seconds=30, what="the replay under way")
+    return process
 
 
 async def _drained_all(drain_target: Callable[[], Any], arrived: Counter[str]) -> bool:
@@ -497,12 +502,7 @@ async def test_ctrl_c_stops_after_the_batch_and_says_how_far_it_got(
     parked = await park_many(connection, target.name)
     arrived: Counter[str] = Counter()
 
-    process = await cli("replay", parked)
-    await wait_until_true(
-        lambda: _at_least(channel, target.name, MANY // 5),
-        seconds=30,
-        what="the replay under way",
-    )
+    process = await replay_until_a_fifth_arrived(channel, parked, target.name)
     process.send_signal(signal.SIGINT)
     _, err = await process.communicate()
 
