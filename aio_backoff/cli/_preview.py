@@ -255,17 +255,26 @@ def _seconds(ms: int | None) -> str | None:
     return f"{hours} h {minutes} min"
 
 
+def schedule_text(backoff: type[Backoff]) -> str:
+    """The schedule as a person wrote it: ``1000,2000 ms``, ``exponential(...)`` or
+    ``Class.get_next_schedule_item``."""
+    own = backoff.get_next_schedule_item.__func__  # type: ignore[attr-defined]
+    if own is not Backoff.get_next_schedule_item.__func__:  # type: ignore[attr-defined]
+        return f"{backoff.__qualname__}.get_next_schedule_item"
+    schedule = backoff.schedule
+    if isinstance(schedule, tuple | list):
+        return ",".join(f"{item:g}" for item in schedule) + " ms"
+    name = getattr(schedule, "__qualname__", None)
+    if isinstance(name, str):
+        return f"{name.split('.<locals>')[0]}(...)"
+    return repr(schedule)
+
+
 def describe(backoff: type[Backoff]) -> str:
     """One line: the class's settings."""
-    schedule = backoff.schedule
-    shown = (
-        ",".join(f"{item:g}" for item in schedule)
-        if isinstance(schedule, tuple | list)
-        else getattr(schedule, "__qualname__", repr(schedule))
-    )
     limit = backoff.effective_limit()
     return (
-        f"{backoff.__qualname__}: schedule {shown} ms, "
+        f"{backoff.__qualname__}: schedule {schedule_text(backoff)}, "
         f"limit {limit if limit is not None else 'none (retries forever)'}, "
         f"jitter sigma {backoff.random_sigma:g} ms rounded to "
         f"{_rounding(backoff)}"
@@ -419,9 +428,7 @@ def run(args: argparse.Namespace) -> int:
         plot(backoff, planned, args.plot, args.size)
     document = {
         "backoff": f"{backoff.__module__}.{backoff.__qualname__}",
-        "schedule": list(backoff.schedule)
-        if isinstance(backoff.schedule, tuple | list)
-        else getattr(backoff.schedule, "__qualname__", repr(backoff.schedule)),
+        "schedule": schedule_text(backoff),
         "limit": backoff.effective_limit(),
         "random_sigma": backoff.random_sigma,
         "random_groups_per_sigma": backoff.random_groups_per_sigma,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from aio_backoff import Backoff
+from aio_backoff import Backoff, exponential
 from aio_backoff.cli import main
 from aio_backoff.cli._errors import Exit
 
@@ -24,6 +24,21 @@ class Slow(Backoff):
     schedule = (250, 750)
     limit = 3
     random_sigma = 50
+
+
+class Doubling(Backoff):
+    schedule = staticmethod(exponential(100, cap_ms=1000))
+    limit = 6
+    random_sigma = 0
+
+
+class Dynamic(Backoff):
+    limit = None
+    random_sigma = 0
+
+    @classmethod
+    def get_next_schedule_item(cls, index: int) -> float:
+        return 50 * (index + 1)
 
 
 def preview(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
@@ -87,6 +102,20 @@ def test_a_class_is_imported_and_its_settings_used(
     # --limit and --sigma override the class's
     document = preview(capsys, f"{__name__}:Slow", "--limit", "1", "--sigma", "0")
     assert [row["delay_ms"] for row in document["rows"]] == [250, None]
+
+
+def test_callable_schedules_and_overrides_are_the_class_s_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    document = preview(capsys, f"{__name__}:Doubling")
+    assert document["schedule"] == "exponential(...)"
+    delays = [row["delay_ms"] for row in document["rows"]]
+    assert delays == [100, 200, 400, 800, 1000, 1000, None]
+
+    document = preview(capsys, f"{__name__}:Dynamic")
+    assert document["schedule"] == "Dynamic.get_next_schedule_item"
+    assert [row["delay_ms"] for row in document["rows"][:3]] == [50, 100, 150]
+    assert document["rows"][-1]["cumulative_ms"] == sum(range(50, 1001, 50))
 
 
 def test_unlimited_shows_twenty_retries_and_never_expires(
