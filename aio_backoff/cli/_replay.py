@@ -48,6 +48,7 @@ from aiormq.exceptions import (
     ChannelAccessRefused,
     ChannelNotFoundEntity,
     ConnectionNotAllowed,
+    DeliveryError,
     ProbableAuthenticationError,
     PublishError,
 )
@@ -419,12 +420,15 @@ async def _publish_and_ack(
     if failed:
         target, outcome = failed[0]
         if isinstance(outcome, BaseException) and not isinstance(
-            outcome, PublishError | TimeoutError
+            outcome, DeliveryError | TimeoutError
         ):
             raise outcome
         why = (
             "it was returned unroutable (the queue is gone?)"
             if isinstance(outcome, PublishError)
+            else "the broker refused it (a nack: is the queue full, with "
+            "x-overflow reject-publish?)"
+            if isinstance(outcome, DeliveryError | spec.Basic.Nack)
             else f"the broker did not confirm it ({type(outcome).__name__})"
         )
         msg = (

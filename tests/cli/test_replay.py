@@ -349,6 +349,30 @@ async def test_dry_run_reads_no_message_of_a_quorum_queue(
     assert [m.body for m in await drain(target)] == [b"0", b"1", b"2"]
 
 
+async def test_a_copy_the_broker_refuses_stays_parked(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    declared: Any,
+    unique_name: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parked = await park(channel, target.name, 3)
+    full = declared.queue(unique_name("full"))
+    await channel.declare_queue(
+        full,
+        durable=True,
+        arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
+    )
+
+    code, _, err = await areplay(capsys, parked, "--to", full)
+
+    assert code == Exit.UNREACHABLE
+    assert f"2 message(s) could not be published to {full!r}: the broker " in err
+    assert f"they stay in {parked!r}, 1 were replayed" in err
+    assert await count(channel, full) == 1
+    assert await count(channel, parked) == 2  # nothing lost
+
+
 def test_progress_bar_only_on_a_terminal() -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
