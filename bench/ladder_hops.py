@@ -95,6 +95,10 @@ async def main(url: str, copies: int, gap_ms: float) -> None:
                 per_hop = (p50[many] - p50[one]) / (hops(many) - hops(one))
                 print(f"{label:10} a hop costs {per_hop:.2f} ms ({one} vs {many} ms)")
     finally:
+        # the consuming channel first: a robust channel whose consumer the broker
+        # cancels (its queue deleted) would declare the queue again
+        await channel.close()
+        raw = await (await connection.channel()).get_underlay_channel()
         for queue in [*ladder.queue_names, target.name]:
             await raw.queue_delete(queue)
         for level in range(LADDER_LEVELS):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import aio_pika
 import aiormq
 import pytest
+import requests
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -681,7 +683,41 @@ async def test_settings_are_checked(channel: AbstractChannel) -> None:
         BackoffRPC(channel, retry_for=[ValueError, "oops"])  # type: ignore[list-item]
 
 
+def _example_parking_queues() -> set[str]:
+    """The parking queues the RPC example leaves (its expired ``settle`` call)."""
+    api = brokers.current().api_url.rstrip("/")
+    response = requests.get(
+        f"{api}/api/queues/%2F",
+        params={"name": r"^example\.settle\..*\.parked$", "use_regex": "true"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    items = response.json()
+    items = items["items"] if isinstance(items, dict) else items
+    return {item["name"] for item in items}
+
+
+@pytest.fixture
+def example_parking_cleaned() -> Any:
+    """Deletes the parking queues the RPC example made (it keeps its expired call
+    there for a person to look at, and exits; the management API may list its
+    queue a moment later)."""
+    before = _example_parking_queues()
+    yield
+    api = brokers.current().api_url.rstrip("/")
+    deadline = time.monotonic() + 5
+    made = _example_parking_queues() - before
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.2)
+        made = _example_parking_queues() - before
+    for name in made:
+        requests.delete(
+            f"{api}/api/queues/%2F/{urllib.parse.quote(name, safe='')}", timeout=10
+        )
+
+
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("example_parking_cleaned")
 def test_docs_example_runs() -> None:
     env = {**os.environ, "AIO_BACKOFF_AMQP_URL": brokers.current().amqp_url}
     done = subprocess.run(

@@ -325,13 +325,15 @@ async def test_expiry_dead_letters_when_the_subscribers_queue_has_a_dlx(
     dlx = declared.exchange(unique_name("dlx"))
     dead = declared.queue(unique_name("dead"))
     exchange = await channel.declare_exchange(dlx, aio_pika.ExchangeType.FANOUT)
-    dead_queue = await channel.declare_queue(dead)
+    dead_queue = await channel.declare_queue(dead, durable=True)  # 4.3: no transient
     await dead_queue.bind(exchange)
     queue = declared.queue(unique_name("orders"))
     broker = RabbitBroker(brokers.current().amqp_url)
     middleware = BackoffMiddleware(broker, backoff=fast_backoff((20,), limit=1))
 
-    @broker.subscriber(RabbitQueue(queue, arguments={"x-dead-letter-exchange": dlx}))
+    @broker.subscriber(
+        RabbitQueue(queue, durable=True, arguments={"x-dead-letter-exchange": dlx})
+    )
     async def handle(body: str) -> None:
         raise Backoff
 
