@@ -70,6 +70,7 @@ from ._topology import (
     delay_queue_name,
     parking_queue_name,
 )
+from ._trace import TRACEPARENT_HEADER
 
 __all__ = [
     "ACTIONS",
@@ -91,6 +92,7 @@ __all__ = [
     "QUEUE_TYPES",
     "RETRIES_HEADER",
     "TOPOLOGIES",
+    "TRACEPARENT_HEADER",
     "Action",
     "Backoff",
     "BackoffConfigError",
