@@ -30,7 +30,7 @@ from aio_pika.patterns.base import CallbackType, T
 from aio_pika.patterns.rpc import RPC, RPCMessageType
 
 from ..core._backoff import Backoff, BackoffConfigError
-from ..core._events import Hooks
+from ..core._events import Hooks, retry_fields
 from ..core._ladder import QueueType
 from ..core._outcome import FailurePolicy, Outcome, Reply, Settle
 from ..core._renames import UNSET, renamed
@@ -361,6 +361,14 @@ class BackoffRPC(RPC):
             "unlimited" if plan.limit is None else plan.limit,
             plan.delay_ms,
             queue.name,
+            extra=retry_fields(
+                queue.name,
+                message.message_id,
+                plan.retry_number,
+                plan.limit,
+                plan.delay_ms,
+                outcome="retry placed",
+            ),
         )
         raise _Deferred
 
