@@ -311,22 +311,31 @@ class DelayedPublisher:
         try:
             await self._place(message.body, plan, properties)
         except CopyNotPlaced as failure:
-            if self.hooks.not_placed:
-                emit(
-                    self.hooks.not_placed,
-                    events.not_placed(
-                        plan,
-                        queue=plan.routing_key,
-                        message_id=message.message_id,
-                        permanent=failure.permanent,
-                        reason=str(failure),
-                    ),
-                )
+            self._tell_not_placed(plan, plan.routing_key, message, failure)
             raise
         finally:
             self.claims.release(message_id)
         if self.hooks.scheduled:
             emit(self.hooks.scheduled, events.scheduled(plan, message.message_id))
+
+    def _tell_not_placed(
+        self,
+        plan: RetryPlan | None,
+        queue: str,
+        message: AbstractIncomingMessage,
+        failure: CopyNotPlaced,
+    ) -> None:
+        if self.hooks.not_placed:
+            emit(
+                self.hooks.not_placed,
+                events.not_placed(
+                    plan,
+                    queue=queue,
+                    message_id=message.message_id,
+                    permanent=failure.permanent,
+                    reason=str(failure),
+                ),
+            )
 
     async def _channel(self, what: str) -> aiormq.abc.AbstractChannel:
         """The publishing channel; :class:`PublisherUnavailable` if it cannot open."""
@@ -511,17 +520,7 @@ class DelayedPublisher:
         try:
             parking = await self.parking.park(message.body, properties, queue=queue)
         except CopyNotPlaced as failure:
-            if self.hooks.not_placed:
-                emit(
-                    self.hooks.not_placed,
-                    events.not_placed(
-                        None,
-                        queue=queue,
-                        message_id=message.message_id,
-                        permanent=failure.permanent,
-                        reason=str(failure),
-                    ),
-                )
+            self._tell_not_placed(None, queue, message, failure)
             raise
         log.debug("parked a message from queue %r in %r", queue, parking)
         if self.hooks.parked:
