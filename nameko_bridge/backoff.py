@@ -194,7 +194,8 @@ def as_nameko_expired(expired: CoreBackoff.Expired) -> Backoff.Expired:
     return converted.with_traceback(expired.__traceback__)
 
 
-def _message_id(message: Any) -> str | None:
+def message_id_of(message: Any) -> str | None:
+    """The ``message_id`` property of a kombu message, if it has one."""
     properties = getattr(message, "properties", None) or {}
     value = properties.get("message_id")
     return value if isinstance(value, str) else None
@@ -494,7 +495,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                     events.not_placed(
                         plan,
                         queue=plan.routing_key,
-                        message_id=_message_id(message),
+                        message_id=message_id_of(message),
                         permanent=not is_transient(error),
                         reason=str(error) or type(error).__name__,
                     ),
@@ -509,7 +510,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             via,
             extra=retry_fields(
                 plan.routing_key,
-                _message_id(message),
+                message_id_of(message),
                 plan.retry_number,
                 plan.limit,
                 plan.delay_ms,
@@ -517,7 +518,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             ),
         )
         if hooks.scheduled:
-            emit(hooks.scheduled, events.scheduled(plan, _message_id(message)))
+            emit(hooks.scheduled, events.scheduled(plan, message_id_of(message)))
 
     def _publish_routed_copy(self, message: Any, plan: RetryPlan) -> str:
         """A copy through the ladder or the plugin's exchange; returns where it went.
@@ -726,7 +727,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                 hooks,
                 events.Parked(
                     queue=queue_name,
-                    message_id=_message_id(message),
+                    message_id=message_id_of(message),
                     parking_queue=parking,
                     reason=str(error),
                 ),

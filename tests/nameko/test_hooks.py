@@ -9,7 +9,7 @@ import pytest
 from nameko.testing.services import entrypoint_waiter
 
 from aio_backoff import Hooks
-from aio_backoff.events import Expired, Scheduled
+from aio_backoff.events import CameBack, Expired, Scheduled
 from nameko_bridge import Backoff
 from nameko_bridge.backoff import HOOKS_CONFIG_KEY
 from nameko_bridge.messaging import consume
@@ -22,7 +22,7 @@ HOOKS = Hooks(every=SEEN.append)
 
 
 @pytest.mark.parametrize("given", ["object", "dotted path"])
-def test_the_bridge_tells_scheduled_and_expired(
+def test_the_bridge_tells_scheduled_came_back_and_expired(
     container_factory, rabbit_config, publish_message, exchange, queue, given
 ):
     SEEN.clear()
@@ -56,6 +56,9 @@ def test_the_bridge_tells_scheduled_and_expired(
     ]
     assert all(e.exception_type == "Backoff" for e in scheduled)
     assert all(e.delay_ms > 0 for e in scheduled)
+    back = [event for event in SEEN if isinstance(event, CameBack)]
+    assert [(e.queue, e.attempt) for e in back] == [(queue.name, 1), (queue.name, 2)]
+    assert all(e.lateness_ms is not None and 0 <= e.lateness_ms < 5000 for e in back)
     [spent] = [event for event in SEEN if isinstance(event, Expired)]
     assert (spent.queue, spent.attempt, spent.limit) == (queue.name, 2, 2)
     assert SEEN.index(spent) > SEEN.index(scheduled[-1])
