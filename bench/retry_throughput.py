@@ -14,24 +14,38 @@ Each side is set up once and kept for all rounds, as a running service would be
 (the raw side's delay queue and the library's ``Retrier``, with its lease book).
 Rounds are interleaved (raw, library, then library, raw, ...) in one process, so
 both sides see the same machine and broker. Prints each round (throughput and the
-client's CPU time per message), the medians and the ratio library / raw. Usage::
+client's CPU time per message), the medians and the ratio library / raw.
+
+``--hooks`` adds two sides: *baseline*, the same library code from git revision
+``--baseline`` (default ``main``, from before the hooks; imported from a ``git
+archive`` as ``aio_backoff_baseline``), and *listening*, the library with a hook
+that listens to every event and does nothing. It prints library / baseline (the
+cost of the hooks when nothing listens, the default) and listening / library (the
+cost of a listener). Usage::
 
     .venv/bin/python bench/retry_throughput.py [--messages N] [--rounds R]
+    .venv/bin/python bench/retry_throughput.py --hooks [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import io
 import os
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from types import ModuleType
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import (
@@ -52,6 +66,12 @@ from aio_backoff import (
     backoff_class,
 )
 
+try:
+    from aio_backoff import Hooks
+except ImportError:  # a checkout from before the hooks, for the comparison
+    Hooks = None
+
+ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("AIO_BACKOFF_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DELAY_MS = 10
 BODY = b'{"order": 1234, "items": ["a", "b", "c"]}'
@@ -215,10 +235,24 @@ class Library:
 
     name = "library"
 
-    def __init__(self, connection: AbstractRobustConnection, prefetch: int) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        prefetch: int,
+        *,
+        listening: bool = False,
+        baseline: ModuleType | None = None,
+    ) -> None:
         self.connection = connection
         self.prefetch = prefetch
-        self.backoff: type[Backoff] = backoff_class(
+        self.listening = listening
+        self.retrier_class: Any = Retrier if baseline is None else baseline.Retrier
+        make_backoff = backoff_class if baseline is None else baseline.backoff_class
+        if listening:
+            self.name = "listening"
+        elif baseline is not None:
+            self.name = "baseline"
+        self.backoff: type[Backoff] = make_backoff(
             schedule=(DELAY_MS,), limit=5, random_sigma=0, name="BenchBackoff"
         )
 
@@ -229,8 +263,9 @@ class Library:
         # binding; the delay queue (backoff--10ms) is shared by name and expires
         # by itself once unused
         self.exchange = unique("lib-delay")
-        self.retrier = Retrier(
-            self.channel, backoff=self.backoff, delay_exchange=self.exchange
+        hooks = {"hooks": Hooks(every=_ignore)} if self.listening else {}
+        self.retrier = self.retrier_class(
+            self.channel, backoff=self.backoff, delay_exchange=self.exchange, **hooks
         )
 
     async def round(self, messages: int) -> Round:
@@ -252,6 +287,27 @@ class Library:
         await self.channel.close()
 
 
+def _ignore(event: object) -> None:
+    """A hook that listens to everything and does nothing."""
+
+
+def load_baseline(revision: str) -> ModuleType:
+    """``aio_backoff`` as of git ``revision``, imported as ``aio_backoff_baseline``
+    (its imports within the package are relative)."""
+    archive = subprocess.run(
+        ["git", "archive", revision, "aio_backoff"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    where = Path(tempfile.mkdtemp(prefix="aio-backoff-baseline-"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(where, filter="data")
+    (where / "aio_backoff").rename(where / "aio_backoff_baseline")
+    sys.path.insert(0, str(where))
+    return importlib.import_module("aio_backoff_baseline")
+
+
 # -- driver ---------------------------------------------------------------------------
 
 
@@ -263,7 +319,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--prefetch", type=int, default=100, help="consumer prefetch, both sides"
     )
     parser.add_argument(
-        "--only", choices=["raw", "library"], default=None, help="run one side"
+        "--only",
+        choices=["raw", "library", "baseline", "listening"],
+        default=None,
+        help="run one side",
+    )
+    parser.add_argument(
+        "--hooks",
+        action="store_true",
+        help="also run the baseline revision and a library that listens",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="main",
+        help="git revision of the baseline side (default: main)",
     )
     return parser.parse_args(argv)
 
@@ -276,9 +345,24 @@ async def main(argv: list[str] | None = None) -> int:
         for side in (
             Raw(connection, args.prefetch),
             Library(connection, args.prefetch),
+            *(
+                [
+                    Library(
+                        connection,
+                        args.prefetch,
+                        baseline=load_baseline(args.baseline),
+                    ),
+                    Library(connection, args.prefetch, listening=True),
+                ]
+                if args.hooks
+                else []
+            ),
         )
         if args.only in (None, side.name)
     ]
+    if args.hooks and Hooks is None:
+        print("this checkout has no hooks: --hooks needs aio_backoff.Hooks")
+        return 2
     results: dict[str, list[Round]] = {side.name: [] for side in sides}
     print(
         f"retry throughput: {args.messages} messages per round, {args.rounds} "
@@ -319,8 +403,8 @@ async def main(argv: list[str] | None = None) -> int:
             f"median {name:>7s} {medians[name]:6.0f} msg/s "
             f"({cpu[name]:4.0f} us CPU/msg)"
         )
-    if len(medians) == 2:
-        # each round's two figures were taken back to back, under the same load
+    if "raw" in results and "library" in results:
+        # each round's figures were taken back to back, under the same load
         paired = statistics.median(
             lib.rate / raw.rate
             for lib, raw in zip(results["library"], results["raw"], strict=True)
@@ -329,6 +413,29 @@ async def main(argv: list[str] | None = None) -> int:
             f"ratio library/raw {medians['library'] / medians['raw']:.3f} "
             f"(target >= 0.9); median of the rounds' ratios {paired:.3f}; "
             f"CPU per message library/raw {cpu['library'] / cpu['raw']:.3f}"
+        )
+    if "baseline" in results and "library" in results:
+        paired = statistics.median(
+            lib.rate / base.rate
+            for lib, base in zip(results["library"], results["baseline"], strict=True)
+        )
+        print(
+            f"ratio library/baseline {medians['library'] / medians['baseline']:.3f} "
+            f"(hooks, nothing listening; target within 0.98..1.02); median of the "
+            f"rounds' ratios {paired:.3f}; CPU per message library/baseline "
+            f"{cpu['library'] / cpu['baseline']:.3f}"
+        )
+    if "listening" in results and "library" in results:
+        paired = statistics.median(
+            hooked.rate / lib.rate
+            for hooked, lib in zip(
+                results["listening"], results["library"], strict=True
+            )
+        )
+        print(
+            f"ratio listening/library {medians['listening'] / medians['library']:.3f}; "
+            f"median of the rounds' ratios {paired:.3f}; CPU per message "
+            f"listening/library {cpu['listening'] / cpu['library']:.3f}"
         )
     return 0
 

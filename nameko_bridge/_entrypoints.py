@@ -44,12 +44,13 @@ import eventlet
 
 from aio_backoff.core import Backoff as CoreBackoff
 from aio_backoff.core import CopyNotPlaced, Outcome, Settle, decide
+from aio_backoff.core._events import came_back, emit
 from aio_backoff.core.nameko_wire import (
     backoff_call_id_stack,
 )
 
 from ._compat import message_settler
-from .backoff import Backoff, as_nameko_expired, is_transient
+from .backoff import Backoff, as_nameko_expired, is_transient, message_id_of
 from .constants import CALL_ID_STACK_HEADER_KEY
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "check_on_expired",
     "expect_backoff_exception",
     "retry_headers",
+    "tell_came_back",
 ]
 
 log = logging.getLogger("nameko_bridge").getChild("entrypoints")
@@ -135,6 +137,17 @@ class Verdict:
     exc_info: ExcInfo
     """The entrypoint's result: the ``Backoff``, ``Backoff.Expired`` or
     :class:`CopyNotPlaced`."""
+
+
+def tell_came_back(entrypoint: Any, message: Any, queue: str) -> None:
+    """Tell the hooks of ``entrypoint``'s publisher when ``message`` (from
+    ``queue``) is a delayed copy that came back."""
+    hooks = entrypoint.backoff_publisher.hooks_in_force.came_back
+    if not hooks:
+        return
+    event = came_back(message.headers, queue=queue, message_id=message_id_of(message))
+    if event is not None:
+        emit(hooks, event)
 
 
 def message_key(message: Any, queue: str) -> Hashable:

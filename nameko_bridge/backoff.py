@@ -19,6 +19,7 @@ next publish's.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import random
 import time
@@ -64,6 +65,8 @@ from aio_backoff.core import (
     round_to_nearest,
 )
 from aio_backoff.core import Backoff as CoreBackoff
+from aio_backoff.core import _events as events
+from aio_backoff.core._events import NO_HOOKS, Hooks, emit, retry_fields
 from aio_backoff.core._plugin import PLUGIN_DELAY_HEADER, x_delay
 
 from ._topologies import TopologyDeclarer
@@ -99,6 +102,11 @@ CONFIRM_TIMEOUT_CONFIG_KEY = "BACKOFF_CONFIRM_TIMEOUT"
 TOPOLOGY_CONFIG_KEY = "BACKOFF_TOPOLOGY"
 """Container config key: where delayed copies wait, ``"per-delay"`` (the default,
 nameko-amqp-retry's), ``"ladder"`` or ``"plugin"`` (docs/topology.md)."""
+
+HOOKS_CONFIG_KEY = "BACKOFF_HOOKS"
+"""Container config key: an :class:`aio_backoff.Hooks`, or the ``"module:name"`` of
+one, told of scheduled, expired, not-placed and parked copies
+(docs/observability.md)."""
 
 QUEUE_TYPE_CONFIG_KEY = "BACKOFF_QUEUE_TYPE"
 """Container config key: ``"classic"`` (the default) or ``"quorum"`` ladder queues."""
@@ -186,6 +194,13 @@ def as_nameko_expired(expired: CoreBackoff.Expired) -> Backoff.Expired:
     return converted.with_traceback(expired.__traceback__)
 
 
+def message_id_of(message: Any) -> str | None:
+    """The ``message_id`` property of a kombu message, if it has one."""
+    properties = getattr(message, "properties", None) or {}
+    value = properties.get("message_id")
+    return value if isinstance(value, str) else None
+
+
 def _expiration_seconds(delay_ms: int) -> float:
     """The delay in the seconds kombu wants; kombu truncates ``seconds * 1000`` to an
     int, so half a millisecond is added to land on ``delay_ms`` exactly."""
@@ -245,6 +260,9 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     services sharing the queues keep counting."""
     queue_type: QueueType = "classic"
     """The ladder's queue type (config key ``BACKOFF_QUEUE_TYPE``)."""
+    hooks: Hooks | None = None
+    """Who is told what happens to the copies (config key ``BACKOFF_HOOKS``
+    overrides it)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -351,9 +369,38 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             raise ValueError(msg)
         return value  # type: ignore[no-any-return]
 
+    @property
+    def hooks_in_force(self) -> Hooks:
+        """The hooks in force: the container's config (``BACKOFF_HOOKS``), else
+        the class's ``hooks``, else none."""
+        resolved = self.__dict__.get("_hooks")
+        if resolved is None:
+            resolved = self._resolve_hooks()
+            self.__dict__["_hooks"] = resolved
+        return resolved
+
+    def _resolve_hooks(self) -> Hooks:
+        value = self._config().get(HOOKS_CONFIG_KEY, self.hooks)
+        if value is None:
+            return NO_HOOKS
+        if isinstance(value, str):
+            module, _, name = value.partition(":")
+            try:
+                value = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError, ValueError) as error:
+                msg = (
+                    f"{HOOKS_CONFIG_KEY}: cannot import {value!r} ({error}); give "
+                    "'module:name' of an aio_backoff.Hooks"
+                )
+                raise ValueError(msg) from None
+        if not isinstance(value, Hooks):
+            msg = f"{HOOKS_CONFIG_KEY} must be an aio_backoff.Hooks, got {value!r}"
+            raise TypeError(msg)
+        return value
+
     def setup(self) -> None:
         """Check the topology settings when the container starts."""
-        _ = self.topology_in_force, self.queue_type_in_force
+        _ = self.topology_in_force, self.queue_type_in_force, self.hooks_in_force
 
     def make_queue(self, expiration: int) -> Queue:
         """The kombu queue that holds copies delayed by ``expiration`` ms.
@@ -382,14 +429,29 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     ) -> RetryPlan:
         """The core's plan for the next retry (raises ``Backoff.Expired`` when the
         retries are spent, ``ValueError``/``TypeError`` for a bad ``Backoff``)."""
-        return plan_retry(
-            backoff_exc,
-            headers,
-            target_queue=target_queue,
-            delay_exchange=self.delay_exchange,
-            grace_ms=EXPIRY_GRACE_PERIOD,
-            topology=self.topology_in_force,
-        )
+        try:
+            return plan_retry(
+                backoff_exc,
+                headers,
+                target_queue=target_queue,
+                delay_exchange=self.delay_exchange,
+                grace_ms=EXPIRY_GRACE_PERIOD,
+                topology=self.topology_in_force,
+            )
+        except CoreBackoff.Expired:
+            hooks = self.hooks_in_force.expired
+            if hooks:
+                emit(
+                    hooks,
+                    events.expired(
+                        backoff_exc,
+                        headers,
+                        queue=target_queue,
+                        message_id=None,
+                        delay_exchange=self.delay_exchange,
+                    ),
+                )
+            raise
 
     def republish(
         self,
@@ -418,12 +480,27 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         Raises ``UndeliverableMessage`` when it comes back unroutable also after a
         fresh declare, or the error of the publish; never settles ``message``.
         """
-        if plan.topology == "per-delay":
-            queue = self.make_queue(plan.delay_ms)
-            self._publish_copy(message, plan, queue)
-            via = queue.name
-        else:
-            via = self._publish_routed_copy(message, plan)
+        hooks = self.hooks_in_force
+        try:
+            if plan.topology == "per-delay":
+                queue = self.make_queue(plan.delay_ms)
+                self._publish_copy(message, plan, queue)
+                via = queue.name
+            else:
+                via = self._publish_routed_copy(message, plan)
+        except Exception as error:
+            if hooks.not_placed:
+                emit(
+                    hooks.not_placed,
+                    events.not_placed(
+                        plan,
+                        queue=plan.routing_key,
+                        message_id=message_id_of(message),
+                        permanent=not is_transient(error),
+                        reason=str(error) or type(error).__name__,
+                    ),
+                )
+            raise
         log.info(
             "retry #%r (limit %s) for queue %r in %r ms via %r",
             plan.retry_number,
@@ -431,7 +508,17 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
             plan.routing_key,
             plan.delay_ms,
             via,
+            extra=retry_fields(
+                plan.routing_key,
+                message_id_of(message),
+                plan.retry_number,
+                plan.limit,
+                plan.delay_ms,
+                outcome="retry placed",
+            ),
         )
+        if hooks.scheduled:
+            emit(hooks.scheduled, events.scheduled(plan, message_id_of(message)))
 
     def _publish_routed_copy(self, message: Any, plan: RetryPlan) -> str:
         """A copy through the ladder or the plugin's exchange; returns where it went.
@@ -634,6 +721,17 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                 refused,
             )
             publish(declare=[])
+        hooks = self.hooks_in_force.parked
+        if hooks:
+            emit(
+                hooks,
+                events.Parked(
+                    queue=queue_name,
+                    message_id=message_id_of(message),
+                    parking_queue=parking,
+                    reason=str(error),
+                ),
+            )
         return parking
 
     def dead_letter_exchange_exists(self, name: str) -> bool:

@@ -28,6 +28,7 @@ from ._entrypoints import (
     check_on_expired,
     expect_backoff_exception,
     retry_headers,
+    tell_came_back,
 )
 from .backoff import Backoff, BackoffPublisher
 from .constants import RPC_METHOD_ID_HEADER_KEY
@@ -85,6 +86,8 @@ class Rpc(NamekoRpc):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     def unpack_message_headers(self, message: Any) -> dict[str, Any]:
+        # called once per delivery, before the worker: a copy that came back
+        tell_came_back(self, message, self.rpc_consumer.queue.name)
         # a caller's nameko.* context never brings a retry count or a method id
         return without_carried_delivery_keys(
             super().unpack_message_headers(message), message.headers

@@ -27,6 +27,7 @@ from aiormq.exceptions import (
 )
 from pamqp.commands import Basic
 
+from ..core._events import Hooks, tell_replayed
 from ..core._ladder import LADDER_LEVELS, Binding, Ladder
 from ..core._outcome import CopyNotPlaced
 from ..core._plan import RetryPlan
@@ -277,6 +278,7 @@ async def replay_undeliverable(
     *,
     target_queue: str | None = None,
     limit: int | None = None,
+    hooks: Hooks | None = None,
 ) -> Replayed:
     """Deliver the copies waiting in ``ladder``'s undeliverable queue to their
     target queues, now (their delay is over).
@@ -287,7 +289,7 @@ async def replay_undeliverable(
     confirms, aio-pika's default), then acked; a copy whose target
     is still missing, or a message that is not a ladder copy, stays. Only
     ``target_queue``'s copies with that argument; at most ``limit`` (default: the
-    copies there when it starts).
+    copies there when it starts). ``hooks`` are told of each copy replayed.
     """
     queue = await channel.declare_queue(
         ladder.undeliverable, durable=True, arguments=ladder.undeliverable_arguments
@@ -315,6 +317,13 @@ async def replay_undeliverable(
                 left.append(message)
                 continue
             await message.ack()
+            if hooks is not None:
+                tell_replayed(
+                    hooks,
+                    queue=target,
+                    message_id=message.message_id,
+                    source=ladder.undeliverable,
+                )
             done.replayed += 1
             done.targets[target] = done.targets.get(target, 0) + 1
     finally:

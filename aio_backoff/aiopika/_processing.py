@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from ..core._backoff import Backoff, BackoffConfigError
+from ..core._events import came_back, emit, retry_fields
 from ..core._outcome import Outcome
 from ._failures import CopyNotPlaced, failure_outcome
 from ._policy import RetryPolicy
@@ -78,6 +79,13 @@ class Processing:
         self.queue = name_of(queue) if queue_name is None else queue_name
         self._source = queue
         self.policy = policy
+        hooks = retrier.publisher.hooks.came_back
+        if hooks:
+            event = came_back(
+                message.headers, queue=self.queue, message_id=message.message_id
+            )
+            if event is not None:
+                emit(hooks, event)
 
     @property
     def queue_arguments(self) -> dict[str, Any] | None:
@@ -182,4 +190,12 @@ class Processing:
             plan.retry_number,
             plan.limit,
             plan.delay_ms,
+            extra=retry_fields(
+                self.queue,
+                self.message.message_id,
+                plan.retry_number,
+                plan.limit,
+                plan.delay_ms,
+                outcome="retry placed",
+            ),
         )

@@ -30,7 +30,9 @@ from aiormq.exceptions import (
     PublishError,
 )
 
+from ..core import _events as events
 from ..core._backoff import Backoff
+from ..core._events import NO_HOOKS, Hooks, emit
 from ..core._ladder import QUEUE_TYPES, Ladder, QueueType
 from ..core._outcome import FailurePolicy
 from ..core._plan import RetryPlan, plan_retry
@@ -43,6 +45,7 @@ from ..core._topology import (
     TopologyName,
     check_topology,
 )
+from ..core._trace import add_traceparent
 from ._claims import MessageIdClaims
 from ._connection import PublishingConnection
 from ._failures import (
@@ -125,8 +128,12 @@ class DelayedPublisher:
         url: str | None = None,
         failure_policy: FailurePolicy | None = None,
         exchange: str = UNSET,
+        hooks: Hooks | None = None,
     ) -> None:
         self.source_channel = channel
+        self.hooks: Hooks = NO_HOOKS if hooks is None else hooks
+        """Who is told of scheduled, expired, not-placed and parked copies
+        (docs/observability.md)."""
         self.topology: TopologyName = check_topology(topology)
         self.delay_exchange: str = renamed(
             "DelayedPublisher", "exchange", "delay_exchange", exchange, delay_exchange
@@ -297,13 +304,38 @@ class DelayedPublisher:
             or type(self).copy_headers is not DelayedPublisher.copy_headers
         ):
             headers = encodable_headers(headers)
+        add_traceparent(headers)
         properties = self.copy_properties(message, headers=headers, expiration=None)
         message_id = properties.message_id
         await self.claims.claim(message_id)
         try:
             await self._place(message.body, plan, properties)
+        except CopyNotPlaced as failure:
+            self._tell_not_placed(plan, plan.routing_key, message, failure)
+            raise
         finally:
             self.claims.release(message_id)
+        if self.hooks.scheduled:
+            emit(self.hooks.scheduled, events.scheduled(plan, message.message_id))
+
+    def _tell_not_placed(
+        self,
+        plan: RetryPlan | None,
+        queue: str,
+        message: AbstractIncomingMessage,
+        failure: CopyNotPlaced,
+    ) -> None:
+        if self.hooks.not_placed:
+            emit(
+                self.hooks.not_placed,
+                events.not_placed(
+                    plan,
+                    queue=queue,
+                    message_id=message.message_id,
+                    permanent=failure.permanent,
+                    reason=str(failure),
+                ),
+            )
 
     async def _channel(self, what: str) -> aiormq.abc.AbstractChannel:
         """The publishing channel; :class:`PublisherUnavailable` if it cannot open."""
@@ -424,14 +456,28 @@ class DelayedPublisher:
         spent, :class:`~aio_backoff.BackoffConfigError` when the retry cannot be
         planned.
         """
-        return plan_retry(
-            backoff,
-            message.headers,
-            target_queue=target_queue,
-            delay_exchange=self.delay_exchange,
-            grace_ms=self.grace_ms,
-            topology=self.topology,
-        )
+        try:
+            return plan_retry(
+                backoff,
+                message.headers,
+                target_queue=target_queue,
+                delay_exchange=self.delay_exchange,
+                grace_ms=self.grace_ms,
+                topology=self.topology,
+            )
+        except Backoff.Expired:
+            if self.hooks.expired:
+                emit(
+                    self.hooks.expired,
+                    events.expired(
+                        backoff,
+                        message.headers,
+                        queue=target_queue,
+                        message_id=message.message_id,
+                        delay_exchange=self.delay_exchange,
+                    ),
+                )
+            raise
 
     async def retry(
         self,
@@ -471,8 +517,22 @@ class DelayedPublisher:
             headers=parked_headers(message.headers, error=str(error), queue=queue),
             expiration=None,
         )
-        parking = await self.parking.park(message.body, properties, queue=queue)
+        try:
+            parking = await self.parking.park(message.body, properties, queue=queue)
+        except CopyNotPlaced as failure:
+            self._tell_not_placed(None, queue, message, failure)
+            raise
         log.debug("parked a message from queue %r in %r", queue, parking)
+        if self.hooks.parked:
+            emit(
+                self.hooks.parked,
+                events.Parked(
+                    queue=queue,
+                    message_id=message.message_id,
+                    parking_queue=parking,
+                    reason=str(error),
+                ),
+            )
         return parking
 
     async def dead_letter_target_missing(

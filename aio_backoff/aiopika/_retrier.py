@@ -17,6 +17,7 @@ from aio_pika.abc import (
 )
 
 from ..core._backoff import Backoff, BackoffConfigError
+from ..core._events import Hooks
 from ..core._ladder import QueueType
 from ..core._outcome import FailurePolicy
 from ..core._renames import UNSET, renamed
@@ -48,6 +49,8 @@ class Retrier:
     other arguments are the default :class:`RetryPolicy`, which each
     :meth:`consume`, :meth:`wrap` and :meth:`process` call may override. Pass
     ``publisher`` to share one :class:`DelayedPublisher` (and its lease book).
+    ``hooks`` (:class:`~aio_backoff.Hooks`) are told what happens to the copies
+    (docs/observability.md); given with ``publisher``, they replace its hooks.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Retrier:
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
         failure_policy: FailurePolicy | None = None,
         exchange: str = UNSET,
+        hooks: Hooks | None = None,
     ) -> None:
         self.policy = RetryPolicy(
             backoff=backoff,
@@ -83,7 +87,10 @@ class Retrier:
             grace_ms=grace_ms,
             confirm_timeout=confirm_timeout,
             failure_policy=failure_policy,
+            hooks=hooks,
         )
+        if hooks is not None:
+            self.publisher.hooks = hooks
         self.settling = Settling(failure_policy, publisher=self.publisher, logger=log)
         """Carries out the ack table's failures for this retrier's messages."""
         self._consumers: list[tuple[AbstractQueue, ConsumerTag]] = []
@@ -214,6 +221,11 @@ class Retrier:
         tag = await queue.consume(callback, **consume_kwargs)
         self._consumers.append((queue, tag))
         return tag
+
+    @property
+    def hooks(self) -> Hooks:
+        """Who is told what happens to the copies (its publisher's hooks)."""
+        return self.publisher.hooks
 
     async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Stop gracefully: take no more messages, let handlers finish, then close.

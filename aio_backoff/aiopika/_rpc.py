@@ -30,6 +30,7 @@ from aio_pika.patterns.base import CallbackType, T
 from aio_pika.patterns.rpc import RPC, RPCMessageType
 
 from ..core._backoff import Backoff, BackoffConfigError
+from ..core._events import Hooks, retry_fields
 from ..core._ladder import QueueType
 from ..core._outcome import FailurePolicy, Outcome, Reply, Settle
 from ..core._renames import UNSET, renamed
@@ -94,6 +95,8 @@ class BackoffRPC(RPC):
       (``exchange=`` is aio-pika's RPC exchange, as before).
     - ``failure_policy``: pauses and tries for copies that could not be placed
       (:class:`~aio_backoff.FailurePolicy`).
+    - ``hooks``: who is told what happens to the copies (:class:`~aio_backoff.Hooks`,
+      docs/observability.md); they replace a given ``publisher``'s hooks.
     - ``on_expired``: the final action for a call whose retries are spent, after
       its caller got ``Backoff.Expired`` (default
       :func:`~aio_backoff.dead_letter_or_park`, which parks the call).
@@ -127,6 +130,7 @@ class BackoffRPC(RPC):
         failure_policy: FailurePolicy | None = None,
         on_expired: ExpiryAction = dead_letter_or_park,
         backoff_exchange: str = UNSET,
+        hooks: Hooks | None = None,
     ) -> None:
         super().__init__(channel, host_exceptions)
         self.policy = RetryPolicy(
@@ -149,10 +153,13 @@ class BackoffRPC(RPC):
                 lease_book=lease_book,
                 confirm_timeout=confirm_timeout,
                 failure_policy=failure_policy,
+                hooks=hooks,
             )
             if publisher is None
             else publisher
         )
+        if hooks is not None:
+            self.publisher.hooks = hooks
         self.settling = Settling(failure_policy, publisher=self.publisher, logger=log)
         """Carries out the ack table's failures for the calls."""
         self.policies: dict[str, RetryPolicy] = {}
@@ -354,6 +361,14 @@ class BackoffRPC(RPC):
             "unlimited" if plan.limit is None else plan.limit,
             plan.delay_ms,
             queue.name,
+            extra=retry_fields(
+                queue.name,
+                message.message_id,
+                plan.retry_number,
+                plan.limit,
+                plan.delay_ms,
+                outcome="retry placed",
+            ),
         )
         raise _Deferred
 

@@ -32,8 +32,10 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from ..core._backoff import Backoff
+from ..core._events import retry_fields
 from ..core._outcome import Action, FailurePolicy, Outcome, Settle, TransientTries
 from ..core._outcome import decide as decide_action
+from ..core._protocol import retries_done
 from ._expiry import (
     BUILT_IN_ACTIONS,
     ExpiredMessage,
@@ -194,6 +196,16 @@ _SETTLED = {
 }
 
 
+def _fields(delivery: Delivery, decision: Decision) -> dict[str, Any]:
+    message = delivery.message
+    return retry_fields(
+        delivery.queue,
+        message.message_id,
+        retries_done(message.headers),
+        outcome=str(decision.outcome),
+    )
+
+
 class Settling:
     """Decides by the table and carries out what every asyncio executor shares.
 
@@ -252,8 +264,13 @@ class Settling:
         settled: str,
         *,
         exc_info: BaseException | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> None:
-        """The one line of a decision: ``{subject}: {happened}; {settled}``."""
+        """The one line of a decision: ``{subject}: {happened}; {settled}``.
+
+        ``fields`` are its structured fields (``extra=``, see
+        :func:`~aio_backoff.core._events.retry_fields`).
+        """
         traceback = exc_info if decision.outcome in _TRACEBACK else None
         self.log.log(
             decision.action.level,
@@ -262,6 +279,7 @@ class Settling:
             happened,
             settled,
             exc_info=traceback,
+            extra=fields,
         )
 
     def requeued_later(self, decision: Decision, queue: str) -> str:
@@ -304,7 +322,12 @@ class Settling:
             else:
                 settled = _SETTLED[settle_as]
             self.line(
-                decision, subject, happened, f"{answered}{settled}", exc_info=error
+                decision,
+                subject,
+                happened,
+                f"{answered}{settled}",
+                exc_info=error,
+                fields=_fields(delivery, decision),
             )
             try:
                 if settle_as is Settle.REQUEUE_LATER:
@@ -333,6 +356,7 @@ class Settling:
             happened,
             f"{answered}{_SETTLED[settle_as]}",
             exc_info=error,
+            fields=_fields(delivery, decision),
         )
         await settle(delivery.message, queue=delivery.queue, logger=self.log)
         self.settled(delivery.message, delivery.queue)
@@ -365,6 +389,7 @@ class Settling:
                 delivery.subject,
                 happened,
                 f"{answered}keeping it failed: {failure}",
+                fields=_fields(delivery, decision),
             )
             return await self._final_action_failed(delivery, failure)
         self.settled(delivery.message, delivery.queue)
@@ -374,6 +399,7 @@ class Settling:
             happened,
             f"{answered}dead-lettered or parked: {done} ({decision.outcome})",
             exc_info=error,
+            fields=_fields(delivery, decision),
         )
         return True
 
@@ -394,6 +420,7 @@ class Settling:
                 delivery.subject,
                 happened,
                 f"{answered}calling on_expired {action!r}",
+                fields=_fields(delivery, decision),
             )
         try:
             await run_final_action(

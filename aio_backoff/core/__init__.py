@@ -14,6 +14,7 @@ aio-pika::
 from typing import Any
 
 from ._backoff import Backoff, BackoffConfigError, RetryFor, as_backoff, backoff_class
+from ._events import NO_HOOKS, Hooks
 from ._ladder import LADDER_LEVELS, MAX_LADDER_DELAY_MS, QUEUE_TYPES, Ladder, QueueType
 from ._outcome import (
     ACTIONS,
@@ -30,6 +31,7 @@ from ._plan import RetryPlan, plan_retry
 from ._plugin import DelayedExchange
 from ._protocol import (
     DELAY_HEADER,
+    DUE_HEADER,
     KEPT_PROPERTIES,
     LEGACY_DEATH_HEADER,
     MAX_RETRIES,
@@ -68,18 +70,21 @@ from ._topology import (
     delay_queue_name,
     parking_queue_name,
 )
+from ._trace import TRACEPARENT_HEADER
 
 __all__ = [
     "ACTIONS",
     "DEFAULT_DELAY_EXCHANGE",
     "DEFAULT_GRACE_MS",
     "DELAY_HEADER",
+    "DUE_HEADER",
     "KEPT_PROPERTIES",
     "LADDER_LEVELS",
     "LEGACY_DEATH_HEADER",
     "MAX_DELAY_MS",
     "MAX_LADDER_DELAY_MS",
     "MAX_RETRIES",
+    "NO_HOOKS",
     "PARKED_ERROR_HEADER",
     "PARKED_QUEUE_HEADER",
     "PROTOCOL_HEADER",
@@ -87,6 +92,7 @@ __all__ = [
     "QUEUE_TYPES",
     "RETRIES_HEADER",
     "TOPOLOGIES",
+    "TRACEPARENT_HEADER",
     "Action",
     "Backoff",
     "BackoffConfigError",
@@ -94,6 +100,7 @@ __all__ = [
     "DelayQueue",
     "DelayedExchange",
     "FailurePolicy",
+    "Hooks",
     "Ladder",
     "LeaseBook",
     "Outcome",

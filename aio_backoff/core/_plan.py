@@ -7,6 +7,7 @@ the same way. Nothing here talks to a broker.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from ._topology import (
     check_topology,
 )
 
-__all__ = ["RetryPlan", "plan_retry"]
+__all__ = ["RetryPlan", "cause_name", "plan_retry"]
 
 _DELAY_QUEUES: dict[tuple[int, str, int], DelayQueue] = {}
 """Checked delay queues by ``(delay_ms, delay_exchange, grace_ms)``: a busy consumer
@@ -83,6 +84,10 @@ class RetryPlan:
     delay_queue: DelayQueue | None
     headers: dict[str, Any]
     topology: TopologyName = "per-delay"
+    cause: str = "Backoff"
+    """The name of the exception that asked for the retry: the ``Backoff``'s
+    ``__cause__`` when it has one (a ``retry_for`` exception), else the
+    ``Backoff``'s own class. For observers (docs/observability.md)."""
 
     @property
     def expiration_ms(self) -> str:
@@ -99,6 +104,7 @@ def plan_retry(
     grace_ms: int = DEFAULT_GRACE_MS,
     topology: TopologyName = "per-delay",
     exchange: str = UNSET,
+    now_ms: int | None = None,
 ) -> RetryPlan:
     """Plan the next retry of a message that raised ``backoff``.
 
@@ -109,7 +115,8 @@ def plan_retry(
     ``target_queue`` is the queue the copy must come back to; ``delay_exchange``
     and ``grace_ms`` name the per-delay topology (``exchange=`` is the deprecated
     name of ``delay_exchange``); ``topology`` is where the copy will wait (see
-    :data:`~aio_backoff.core.TOPOLOGIES`).
+    :data:`~aio_backoff.core.TOPOLOGIES`). The copy's ``backoff-due`` is
+    ``now_ms`` (default: the clock, epoch ms) plus the delay.
     """
     delay_exchange = renamed(
         "plan_retry", "exchange", "delay_exchange", exchange, delay_exchange
@@ -144,7 +151,18 @@ def plan_retry(
         routing_key=target_queue,
         delay_queue=queue,
         headers=delayed_headers(
-            headers, delay_ms=delay, retries=following, keep_deaths=per_delay
+            headers,
+            delay_ms=delay,
+            retries=following,
+            keep_deaths=per_delay,
+            due_ms=(time.time_ns() // 1_000_000 if now_ms is None else now_ms) + delay,
         ),
         topology=topology,
+        cause=cause_name(backoff),
     )
+
+
+def cause_name(backoff: BaseException) -> str:
+    """The class name of what asked for a retry: ``backoff``'s cause, if any."""
+    cause = backoff.__cause__
+    return type(backoff if cause is None else cause).__name__

@@ -20,6 +20,7 @@ from ._renames import UNSET, renamed
 
 __all__ = [
     "DELAY_HEADER",
+    "DUE_HEADER",
     "KEPT_PROPERTIES",
     "LEGACY_DEATH_HEADER",
     "MAX_RETRIES",
@@ -46,6 +47,11 @@ DELAY_HEADER: Final = "backoff"
 RETRIES_HEADER: Final = "backoff-retries"
 """int: how many delayed copies of the message have been made, this one included.
 Not an ``x-`` header, so RabbitMQ 4.x keeps it when a client republishes."""
+
+DUE_HEADER: Final = "backoff-due"
+"""int, epoch ms: when this copy is due back (the time it was planned plus its
+delay). Read only by observers, for the lateness of a copy that came back;
+nameko-amqp-retry ignores it."""
 
 PROTOCOL_HEADER: Final = "backoff-protocol"
 """int: the protocol version the writer speaks (1)."""
@@ -413,6 +419,7 @@ def delayed_headers(
     delay_ms: int,
     retries: int,
     keep_deaths: bool = True,
+    due_ms: int | None = None,
 ) -> dict[str, Any]:
     """The headers of a delayed copy: the original ones plus the protocol headers.
 
@@ -421,7 +428,9 @@ def delayed_headers(
     RabbitMQ 3.x an older nameko-amqp-retry service sharing the queue still sees
     its count grow; with ``keep_deaths=False`` (the ladder and the plugin, which
     0.7.1 never reads) the broker's death headers are all dropped, so they do not
-    grow on every hop. ``retries`` is capped at :data:`MAX_RETRIES`.
+    grow on every hop. ``retries`` is capped at :data:`MAX_RETRIES`. ``due_ms``
+    (epoch ms) is written as ``backoff-due``; without it, a ``backoff-due`` of an
+    earlier copy is dropped.
     """
     result = encodable_headers(headers)
     if not keep_deaths:
@@ -430,6 +439,10 @@ def delayed_headers(
     result[DELAY_HEADER] = delay_ms
     result[RETRIES_HEADER] = min(retries, MAX_RETRIES)
     result[PROTOCOL_HEADER] = PROTOCOL_VERSION
+    if due_ms is None:
+        result.pop(DUE_HEADER, None)
+    else:
+        result[DUE_HEADER] = due_ms
     return result
 
 

@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from ..aiopika._expiry import ExpiryAction
 from ..aiopika._failures import failure_outcome
 from ..core._backoff import Backoff
+from ..core._events import came_back, emit
 from ..core._outcome import Outcome
 from ..core.nameko_wire import (
     CALL_ID_STACK_HEADER,
@@ -84,6 +85,18 @@ class _Handling:
             data=data,
             headers=dict(headers),
         )
+
+    def came_back(self, delivery: Delivery) -> None:
+        """Tell the hooks when ``delivery`` is a delayed copy that came back."""
+        publisher = self.settler.publisher
+        if publisher is None or not publisher.hooks.came_back:
+            return
+        message = delivery.message
+        event = came_back(
+            message.headers, queue=delivery.queue, message_id=message.message_id
+        )
+        if event is not None:
+            emit(publisher.hooks.came_back, event)
 
     async def run(
         self, entry: RpcEntrypoint, context: CallContext, *args: Any, **kwargs: Any
@@ -189,6 +202,7 @@ class RpcHandling(_Handling):
             on_expired=self.on_expired,
             rpc=True,
         )
+        self.came_back(delivery)
         entry = self.entrypoints.get(method_id)
         if entry is None:
             method = method_id.rsplit(".", 1)[-1]
@@ -243,6 +257,7 @@ class EventHandling(_Handling):
             on_expired=entry.policy.on_expired,
             rpc=False,
         )
+        self.came_back(delivery)
         try:
             payload = loads(message.body)
         except ValueError as undecodable:

@@ -66,6 +66,7 @@ from ..aiopika._lifecycle import Lifecycle
 from ..aiopika._policy import RetryPolicy
 from ..aiopika._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DelayedPublisher
 from ..core._backoff import Backoff, RetryFor
+from ..core._events import Hooks
 from ..core._ladder import QueueType
 from ..core._outcome import DEFAULT_FAILURE_POLICY, FailurePolicy, Outcome
 from ..core._topology import DEFAULT_DELAY_EXCHANGE, TopologyName, check_topology
@@ -116,6 +117,8 @@ class NamekoService(Lifecycle):
     - ``confirm_timeout``: seconds every publish of the service (delayed and
       parked copies, replies, events) waits for the broker's confirm; a reply
       that gets none in time is a transient failure of its request.
+    - ``hooks``: who is told what happens to the copies (:class:`~aio_backoff.Hooks`,
+      docs/observability.md).
     - ``queue_arguments``: declare arguments of every queue the service consumes
       (nameko declares none; a nameko service sharing a queue must declare the
       same). With ``x-dead-letter-exchange``, messages that cannot be handled are
@@ -143,8 +146,11 @@ class NamekoService(Lifecycle):
         failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY,
         queue_arguments: Mapping[str, Any] | None = None,
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
+        hooks: Hooks | None = None,
     ) -> None:
         self.connection = connection
+        self.hooks = hooks
+        """Who is told what happens to the copies (docs/observability.md)."""
         self.name = name
         self.policy = RetryPolicy(backoff=backoff, retry_for=retry_for, on_expired=park)
         self.max_workers = max_workers
@@ -293,6 +299,7 @@ class NamekoService(Lifecycle):
                 queue_type=self.queue_type,
                 delay_exchange=self.delay_exchange,
                 confirm_timeout=self.confirm_timeout,
+                hooks=self.hooks,
             )
             await self._publisher.declare()
             self._settler.start(self._publisher)

@@ -200,7 +200,9 @@ def test_a_ladder_plan_has_no_delay_queue_and_no_death_headers() -> None:
         "x-last-death-reason": "expired",
         "app": "kept",
     }
-    plan = plan_retry(Once(), headers, target_queue="orders", topology="ladder")
+    plan = plan_retry(
+        Once(), headers, target_queue="orders", topology="ladder", now_ms=1
+    )
     assert plan.topology == "ladder"
     assert plan.delay_queue is None
     assert plan.delay_ms == 1234
@@ -209,6 +211,7 @@ def test_a_ladder_plan_has_no_delay_queue_and_no_death_headers() -> None:
         "backoff": 1234,
         "backoff-retries": 1,
         "backoff-protocol": 1,
+        "backoff-due": 1235,
     }
     per_delay = plan_retry(Once(), headers, target_queue="orders")
     assert per_delay.topology == "per-delay"

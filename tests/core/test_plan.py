@@ -27,7 +27,7 @@ Steady = backoff_class(schedule=(100, 200, 400), limit=3, random_sigma=0, name="
 
 
 def test_first_retry_plan() -> None:
-    plan = plan_retry(Steady(), {"trace-id": "t1"}, target_queue="orders")
+    plan = plan_retry(Steady(), {"trace-id": "t1"}, target_queue="orders", now_ms=5)
     assert plan == RetryPlan(
         delay_ms=100,
         retry_number=1,
@@ -39,16 +39,23 @@ def test_first_retry_plan() -> None:
             "backoff": 100,
             "backoff-retries": 1,
             "backoff-protocol": 1,
+            "backoff-due": 105,
         },
+        cause="Steady",
     )
     assert plan.expiration_ms == "100"
     assert plan.delay_queue.name == "backoff--100ms"
 
 
 def test_a_message_without_headers() -> None:
-    plan = plan_retry(Steady(), None, target_queue="orders")
+    plan = plan_retry(Steady(), None, target_queue="orders", now_ms=0)
     assert plan.retry_number == 1
-    assert plan.headers == {"backoff": 100, "backoff-retries": 1, "backoff-protocol": 1}
+    assert plan.headers == {
+        "backoff": 100,
+        "backoff-retries": 1,
+        "backoff-protocol": 1,
+        "backoff-due": 100,
+    }
 
 
 def test_the_plan_continues_from_our_header() -> None:
@@ -138,7 +145,7 @@ def test_three_retries_then_expired() -> None:
     headers: dict[str, Any] | None = {"trace-id": "t1"}
     delays = []
     for expected_number in (1, 2, 3):
-        plan = plan_retry(Steady(), headers, target_queue="orders")
+        plan = plan_retry(Steady(), headers, target_queue="orders", now_ms=0)
         assert plan.retry_number == expected_number
         delays.append(plan.delay_ms)
         headers = plan.headers
@@ -148,6 +155,7 @@ def test_three_retries_then_expired() -> None:
         "backoff": 400,
         "backoff-retries": 3,
         "backoff-protocol": 1,
+        "backoff-due": 400,
     }
     with pytest.raises(Backoff.Expired):
         plan_retry(Steady(), headers, target_queue="orders")
@@ -192,7 +200,7 @@ def test_the_worked_example_of_docs_protocol_md() -> None:
     headers: dict[str, Any] = {"trace-id": "t-7"}
     for number, delay in enumerate((1000, 2000, 3000), start=1):
         assert retries_done(headers) == number - 1
-        plan = plan_retry(example(), headers, target_queue="orders")
+        plan = plan_retry(example(), headers, target_queue="orders", now_ms=0)
         assert (plan.retry_number, plan.delay_ms) == (number, delay)
         assert plan.routing_key == "orders"
         assert plan.delay_queue.delay_exchange == "backoff"
@@ -202,6 +210,7 @@ def test_the_worked_example_of_docs_protocol_md() -> None:
             "backoff": delay,
             "backoff-retries": number,
             "backoff-protocol": 1,
+            "backoff-due": delay,
         }
         headers = _dead_lettered(plan.headers, plan.delay_queue.name, delay)
     assert len(headers["x-death"]) == 3

@@ -1,0 +1,36 @@
+"""docs/examples/observability.py runs against the test broker and says so."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.aio.test_examples import run_example
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
+
+
+async def test_the_observability_example_prints_its_events_and_metrics(
+    broker: Any,
+) -> None:
+    code, out, err = await run_example("observability.py", broker)
+    assert code == 0, err
+    kinds = re.findall(r"^(\w+)\s+\{", out, re.M)
+    assert kinds == [
+        "Scheduled",
+        "CameBack",
+        "Scheduled",
+        "CameBack",
+        "Expired",
+        "Parked",
+    ]
+    assert "prometheus: retries 2.0, expired 1.0, delay 0.1 s" in out
+    assert (
+        "opentelemetry: aio_backoff.delay, aio_backoff.expired, "
+        "aio_backoff.lateness, aio_backoff.parked, aio_backoff.retries"
+    ) in out
+    lateness = [int(ms) for ms in re.findall(r"'lateness_ms': (-?\d+)", out)]
+    assert len(lateness) == 2
+    assert all(0 <= ms < 5000 for ms in lateness)
