@@ -105,7 +105,7 @@ run() {
 
 asyncio_tests() {  # broker name, then pytest arguments
   AIO_BACKOFF_BROKER=$1 $bin/coverage run -m pytest -p no:pytest_eventlet \
-    -p no:pytest_nameko tests/core tests/aio tests/interop tests/cli tests/faststream "${@:2}"
+    -p no:pytest_nameko tests/core tests/aio tests/interop tests/cli tests/faststream tests/observability "${@:2}"
 }
 nameko_tests() {  # broker name, amqp port, api port, then pytest arguments
   AIO_BACKOFF_BROKER=$1 $bin/coverage run --concurrency=eventlet -m pytest \
@@ -125,7 +125,7 @@ fault_tests() {  # broker version: 3, 4 (4.0) or 4.3
 # Python 3.13: the same suites, without coverage (the 3.11 runs measure it)
 py313_asyncio_tests() {
   AIO_BACKOFF_BROKER=rabbitmq3 .venv-py313/bin/python -m pytest -p no:pytest_eventlet \
-    -p no:pytest_nameko tests/core tests/aio tests/interop tests/cli tests/faststream
+    -p no:pytest_nameko tests/core tests/aio tests/interop tests/cli tests/faststream tests/observability
 }
 # FastStream 0.6 (the other venvs have 0.7)
 fs06_tests() {
