@@ -30,7 +30,7 @@ from aio_pika.patterns.base import CallbackType, T
 from aio_pika.patterns.rpc import RPC, RPCMessageType
 
 from ..core._backoff import Backoff, BackoffConfigError
-from ..core._events import Hooks, retry_fields
+from ..core._events import Hooks, came_back, emit, retry_fields
 from ..core._ladder import QueueType
 from ..core._outcome import FailurePolicy, Outcome, Reply, Settle
 from ..core._renames import UNSET, renamed
@@ -182,12 +182,14 @@ class BackoffRPC(RPC):
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT_S,
         failure_policy: FailurePolicy | None = None,
         on_expired: ExpiryAction = dead_letter_or_park,
+        hooks: Hooks | None = None,
         backoff_exchange: str = UNSET,
         **kwargs: Any,
     ) -> Self:
         """Make and initialise one; ``kwargs`` go to aio-pika's ``initialize``."""
         rpc = cls(
             channel,
+            hooks=hooks,
             backoff=backoff,
             retry_for=retry_for,
             topology=topology,
@@ -284,6 +286,15 @@ class BackoffRPC(RPC):
         publisher = self.publisher
         if not publisher.available:  # the gate: no call runs while copies cannot go
             await publisher.wait_available()
+        hooks = publisher.hooks.came_back
+        if hooks:
+            event = came_back(
+                message.headers,
+                queue=self._format_routing_key(method_name),
+                message_id=message.message_id,
+            )
+            if event is not None:
+                emit(hooks, event)
         token = _current_call.set(_Call(method_name, message))
         try:
             await super().on_call_message(method_name, message)

@@ -196,7 +196,8 @@ _SETTLED = {
 }
 
 
-def _fields(delivery: Delivery, decision: Decision) -> dict[str, Any]:
+def decision_fields(delivery: Delivery, decision: Decision) -> dict[str, Any]:
+    """The structured fields (``extra=``) of a decision's log line."""
     message = delivery.message
     return retry_fields(
         delivery.queue,
@@ -327,7 +328,7 @@ class Settling:
                 happened,
                 f"{answered}{settled}",
                 exc_info=error,
-                fields=_fields(delivery, decision),
+                fields=decision_fields(delivery, decision),
             )
             try:
                 if settle_as is Settle.REQUEUE_LATER:
@@ -356,7 +357,7 @@ class Settling:
             happened,
             f"{answered}{_SETTLED[settle_as]}",
             exc_info=error,
-            fields=_fields(delivery, decision),
+            fields=decision_fields(delivery, decision),
         )
         await settle(delivery.message, queue=delivery.queue, logger=self.log)
         self.settled(delivery.message, delivery.queue)
@@ -389,7 +390,7 @@ class Settling:
                 delivery.subject,
                 happened,
                 f"{answered}keeping it failed: {failure}",
-                fields=_fields(delivery, decision),
+                fields=decision_fields(delivery, decision),
             )
             return await self._final_action_failed(delivery, failure)
         self.settled(delivery.message, delivery.queue)
@@ -399,7 +400,7 @@ class Settling:
             happened,
             f"{answered}dead-lettered or parked: {done} ({decision.outcome})",
             exc_info=error,
-            fields=_fields(delivery, decision),
+            fields=decision_fields(delivery, decision),
         )
         return True
 
@@ -420,7 +421,7 @@ class Settling:
                 delivery.subject,
                 happened,
                 f"{answered}calling on_expired {action!r}",
-                fields=_fields(delivery, decision),
+                fields=decision_fields(delivery, decision),
             )
         try:
             await run_final_action(

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..aiopika._publisher import DelayedPublisher
 from ..aiopika._settle import Delivery as SettlingDelivery
-from ..aiopika._settle import Settling, settle
+from ..aiopika._settle import Settling, decision_fields, settle
 from ..core._outcome import FailurePolicy, Outcome, Reply, Settle
 from ..core.nameko_wire import serialize_error
 from ._replies import ReplySender
@@ -122,7 +122,12 @@ class Settler:
         if action.settle is Settle.HANDLER_RULE:  # nameko's rule: ack
             replied = "replied with the error; " if replying else ""
             settling.line(
-                decision, delivery.subject, happened, f"{replied}acked", exc_info=error
+                decision,
+                delivery.subject,
+                happened,
+                f"{replied}acked",
+                exc_info=error,
+                fields=decision_fields(delivery, decision),
             )
             await settle(delivery.message, queue=delivery.queue, logger=log)
             settling.settled(delivery.message, delivery.queue)

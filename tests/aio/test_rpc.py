@@ -33,9 +33,11 @@ from aio_backoff.aiopika._jsonrpc import (
 )
 from aio_backoff.aiopika._rpc import BackoffRPC
 from aio_backoff.core._protocol import DELAY_HEADER, RETRIES_HEADER
+from aio_backoff.events import CameBack, Scheduled
 from tests import brokers
 from tests.aio.retrying import FAST_FAILURES, get_one
 from tests.aio_fixtures import drop_ladders
+from tests.observability.recording import Events
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
@@ -108,6 +110,30 @@ async def test_result_after_backoffs(make_rpc: MakeRPC, method_name: str) -> Non
     gaps = [b - a for a, b in zip(method.calls, method.calls[1:], strict=False)]
     assert all(gap >= 0.015 for gap in gaps), gaps  # each retry waited ~20 ms
     assert caller.futures == {}
+
+
+async def test_hooks_are_told_each_retry_scheduled_and_come_back(
+    make_rpc: MakeRPC, method_name: str
+) -> None:
+    events = Events()
+    server = await make_rpc(BackoffRPC, backoff=Fast, hooks=events.hooks())
+    caller = await make_rpc(RPC)
+    method = Flaky(failures=2, error=Fast)
+    await server.register(method_name, method, auto_delete=True, durable=True)
+
+    assert await caller.call(method_name, {"x": 1}) == {"answer": 2, "attempts": 3}
+
+    queue = server._format_routing_key(method_name)
+    assert [(e.queue, e.attempt) for e in events.of(Scheduled)] == [
+        (queue, 1),
+        (queue, 2),
+    ]
+    back = events.of(CameBack)
+    assert [(e.queue, e.attempt, e.delay_ms) for e in back] == [
+        (queue, 1, 20),
+        (queue, 2, 20),
+    ]
+    assert all(e.lateness_ms is not None and e.lateness_ms >= 0 for e in back)
 
 
 async def test_proxy_call_on_one_instance(make_rpc: MakeRPC, method_name: str) -> None:

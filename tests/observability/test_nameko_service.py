@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from aio_pika.abc import AbstractChannel
 
@@ -59,3 +61,27 @@ async def test_a_nameko_service_tells_its_hooks(
     assert all(e.lateness_ms is not None and e.lateness_ms >= 0 for e in back)
     [spent] = events.of(Expired)
     assert (spent.attempt, spent.limit) == (3, 3)
+
+
+async def test_a_nameko_service_handler_error_line_has_structured_fields(
+    rpc: NamekoRpcClient,  # noqa: F811
+    service_name: str,  # noqa: F811
+    new_service: ServiceFactory,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nameko's rule (a handler error is replied and acked) logs with the fields."""
+    service = new_service(backoff=Fast)
+
+    @service.rpc(name="broken")
+    async def broken() -> None:
+        msg = "no such order"
+        raise KeyError(msg)
+
+    with caplog.at_level(logging.INFO, logger="aio_backoff"):
+        async with service:
+            with pytest.raises(Exception, match="no such order"):
+                await rpc.call(service_name, "broken")
+    lines = [r for r in caplog.records if getattr(r, "backoff_queue", None)]
+    assert lines, [r.getMessage() for r in caplog.records]
+    assert lines[-1].backoff_queue == service.rpc_queue  # type: ignore[attr-defined]
+    assert lines[-1].backoff_attempt == 0  # type: ignore[attr-defined]
