@@ -322,7 +322,18 @@ class TestTopology:
             for number in range(10):
                 publish_message(exchange, number, routing_key=queue.routing_key)
 
-        assert "unroutable" not in caplog.text
+        # No copy returned by the broker. RabbitMQ 4.3 can refuse one of ten
+        # concurrent declares of a new queue with 404 "home node ... is down or
+        # inaccessible" while another creates it; the library declares again and
+        # publishes once more (logged with the declare's error), which is not a
+        # copy published before its queue existed.
+        returned = [
+            record.getMessage()
+            for record in caplog.records
+            if "unroutable" in record.getMessage()
+            and "is down or inaccessible" not in record.getMessage()
+        ]
+        assert returned == []
 
     @pytest.mark.parametrize(
         "delete",
