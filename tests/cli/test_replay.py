@@ -409,7 +409,14 @@ def test_progress_bar_only_on_a_terminal() -> None:
 
 # -- a replay killed in the middle ---------------------------------------------------
 
-MANY = 10_000
+MANY = (
+    10_000
+    if brokers.current().name == "rabbitmq3" and sys.version_info[:2] == (3, 11)
+    else 2_000
+)
+"""Parked messages of the interrupted replays: the issue's 10,000 in CI's main lane
+(RabbitMQ 3.10, Python 3.11); 2,000 on the other lanes, which run side by side with
+it on the same machine."""
 
 
 async def park_many(connection: AbstractConnection, queue: str) -> str:
