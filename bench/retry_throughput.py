@@ -264,8 +264,14 @@ class Library:
         # by itself once unused
         self.exchange = unique("lib-delay")
         hooks = {"hooks": Hooks(every=_ignore)} if self.listening else {}
+        # per-delay, the topology the raw side hand-writes: the same job on both
+        # sides (the ladder's own cost is measured by bench/topologies.py)
         self.retrier = self.retrier_class(
-            self.channel, backoff=self.backoff, delay_exchange=self.exchange, **hooks
+            self.channel,
+            backoff=self.backoff,
+            delay_exchange=self.exchange,
+            topology="per-delay",
+            **hooks,
         )
 
     async def round(self, messages: int) -> Round:
