@@ -5,15 +5,20 @@ ladder, or each bind their target queue, one round trip after another: the first
 copy does it and the others wait for its answer. :class:`DeclareOnce` does this for
 a topology declared whole, :class:`TargetBindings` for the binding of each target
 queue (renewed every ``rebind_s`` seconds, in case the queue was deleted and
-declared again since).
+declared again since), and :class:`BoundTopology` puts the two together for the
+placements that route to a bound target (the ladder's, the plugin's).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
-__all__ = ["DeclareOnce", "TargetBindings"]
+import aiormq.abc
+
+from ..core._plan import RetryPlan
+
+__all__ = ["BoundTopology", "DeclareOnce", "TargetBindings"]
 
 
 class DeclareOnce:
@@ -109,3 +114,61 @@ class TargetBindings:
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+class BoundTopology:
+    """What the ladder's and the plugin's placements share: their topology is
+    declared whole once (:meth:`declare_topology`), and each target queue is bound
+    to it (:meth:`target_binding`) when consuming starts or before its first copy;
+    a failed publish has both done again."""
+
+    def __init__(self, rebind_s: float, clock: Callable[[], float]) -> None:
+        self._declared = DeclareOnce()
+        self._bindings = TargetBindings(rebind_s, clock)
+
+    @property
+    def rebind_s(self) -> float:
+        return self._bindings.rebind_s
+
+    async def declare_topology(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Declare the whole topology (idempotent); raise what refuses it."""
+        raise NotImplementedError
+
+    def target_binding(self, target_queue: str) -> tuple[str, str]:
+        """``(exchange, routing_key)`` that binds ``target_queue`` to the topology."""
+        raise NotImplementedError
+
+    async def declare(
+        self, channel: aiormq.abc.AbstractChannel, targets: Iterable[str] = ()
+    ) -> None:
+        await self._declare(channel, force=False)
+        for target in targets:
+            await self._bind(channel, target, force=False)
+
+    async def prepare(
+        self, channel: aiormq.abc.AbstractChannel, plan: RetryPlan, *, force: bool
+    ) -> None:
+        await self._declare(channel, force=force)
+        await self._bind(channel, plan.routing_key, force=force)
+
+    def held(self, plan: RetryPlan) -> bool:
+        return True
+
+    def forget(self, plan: RetryPlan) -> None:
+        self._declared.forget()
+        self._bindings.forget(plan.routing_key)
+
+    async def _declare(
+        self, channel: aiormq.abc.AbstractChannel, *, force: bool
+    ) -> None:
+        await self._declared.run(lambda: self.declare_topology(channel), force=force)
+
+    async def _bind(
+        self, channel: aiormq.abc.AbstractChannel, target: str, *, force: bool
+    ) -> None:
+        exchange, routing_key = self.target_binding(target)
+
+        async def bind() -> None:
+            await channel.queue_bind(target, exchange, routing_key)
+
+        await self._bindings.bind(target, bind, force=force)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiormq.abc
@@ -28,10 +28,10 @@ from aiormq.exceptions import (
 from pamqp.commands import Basic
 
 from ..core._events import Hooks, tell_replayed
-from ..core._ladder import LADDER_LEVELS, Binding, Ladder
+from ..core._ladder import LADDER_LEVELS, Ladder
 from ..core._outcome import CopyNotPlaced
 from ..core._plan import RetryPlan
-from ._bindings import DeclareOnce, TargetBindings
+from ._bindings import BoundTopology
 
 __all__ = [
     "DEFAULT_REBIND_S",
@@ -133,7 +133,7 @@ def inequivalent(ladder: Ladder, error: BaseException) -> str:
     )
 
 
-class LadderPlacement:
+class LadderPlacement(BoundTopology):
     """The :class:`~aio_backoff.aiopika._placement.Placement` of ``"ladder"``."""
 
     mandatory = True
@@ -145,14 +145,9 @@ class LadderPlacement:
         rebind_s: float = DEFAULT_REBIND_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(rebind_s, clock)
         self.ladder = ladder
         self._clock = clock
-        self._declared = DeclareOnce()
-        self._bindings = TargetBindings(rebind_s, clock)
-
-    @property
-    def rebind_s(self) -> float:
-        return self._bindings.rebind_s
 
     def describe(self, plan: RetryPlan) -> str:
         return (
@@ -160,55 +155,28 @@ class LadderPlacement:
             f"(entering at {self.ladder.entry(plan.delay_ms)!r})"
         )
 
-    async def declare(
-        self, channel: aiormq.abc.AbstractChannel, targets: Iterable[str] = ()
-    ) -> None:
-        await self._declare(channel, force=False)
-        for target in targets:
-            await self._bind(channel, target, force=False)
+    async def declare_topology(self, channel: aiormq.abc.AbstractChannel) -> None:
+        started = self._clock()
+        try:
+            await declare_ladder(channel, self.ladder)
+        except ChannelPreconditionFailed as error:
+            what = inequivalent(self.ladder, error)
+            raise CopyNotPlaced(what, permanent=True) from error
+        log.debug(
+            "declared ladder %r (%d queues) in %.0f ms",
+            self.ladder.prefix,
+            LADDER_LEVELS + 1,
+            (self._clock() - started) * 1000,
+        )
 
-    async def _declare(
-        self, channel: aiormq.abc.AbstractChannel, *, force: bool
-    ) -> None:
-        async def declare() -> None:
-            started = self._clock()
-            try:
-                await declare_ladder(channel, self.ladder)
-            except ChannelPreconditionFailed as error:
-                what = inequivalent(self.ladder, error)
-                raise CopyNotPlaced(what, permanent=True) from error
-            log.debug(
-                "declared ladder %r (%d queues) in %.0f ms",
-                self.ladder.prefix,
-                LADDER_LEVELS + 1,
-                (self._clock() - started) * 1000,
-            )
-
-        await self._declared.run(declare, force=force)
-
-    async def _bind(
-        self, channel: aiormq.abc.AbstractChannel, target: str, *, force: bool
-    ) -> None:
-        binding = self.target_binding(target)
-
-        async def bind() -> None:
-            await channel.queue_bind(target, binding.source, binding.routing_key)
-
-        await self._bindings.bind(target, bind, force=force)
-
-    async def prepare(
-        self, channel: aiormq.abc.AbstractChannel, plan: RetryPlan, *, force: bool
-    ) -> None:
-        await self._declare(channel, force=force)
-        await self._bind(channel, plan.routing_key, force=force)
-
-    def target_binding(self, target_queue: str) -> Binding:
-        """The deliver exchange's binding for ``target_queue``; a permanent
+    def target_binding(self, target_queue: str) -> tuple[str, str]:
+        """The deliver exchange and the key that bind ``target_queue``; a permanent
         :class:`CopyNotPlaced` for a queue the ladder cannot carry copies to."""
         try:
-            return self.ladder.target_binding(target_queue)
+            binding = self.ladder.target_binding(target_queue)
         except ValueError as error:
             raise CopyNotPlaced(str(error), permanent=True) from error
+        return binding.source, binding.routing_key
 
     def address(self, plan: RetryPlan) -> tuple[str, str]:
         ladder = self.ladder
@@ -224,13 +192,6 @@ class LadderPlacement:
         properties.expiration = None
         properties.delivery_mode = _PERSISTENT
         return properties
-
-    def held(self, plan: RetryPlan) -> bool:
-        return True
-
-    def forget(self, plan: RetryPlan) -> None:
-        self._declared.forget()
-        self._bindings.forget(plan.routing_key)
 
 
 @dataclass

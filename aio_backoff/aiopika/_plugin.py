@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import aiormq.abc
 from pamqp.commands import Basic
@@ -33,7 +33,7 @@ from ..core._plugin import (
     plugin_unsupported,
     x_delay,
 )
-from ._bindings import DeclareOnce, TargetBindings
+from ._bindings import BoundTopology
 from ._ladder import DEFAULT_REBIND_S
 
 __all__ = ["PluginPlacement"]
@@ -49,7 +49,7 @@ def _server_version(channel: aiormq.abc.AbstractChannel) -> str | None:
     return version if isinstance(version, str) else None
 
 
-class PluginPlacement:
+class PluginPlacement(BoundTopology):
     """The :class:`~aio_backoff.aiopika._placement.Placement` of ``"plugin"``."""
 
     mandatory = False
@@ -61,25 +61,13 @@ class PluginPlacement:
         rebind_s: float = DEFAULT_REBIND_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(rebind_s, clock)
         self.exchange = DelayedExchange(delay_exchange)
-        self._declared = DeclareOnce()
-        self._bindings = TargetBindings(rebind_s, clock)
-
-    @property
-    def rebind_s(self) -> float:
-        return self._bindings.rebind_s
 
     def describe(self, plan: RetryPlan) -> str:
         return f"via the delayed-message exchange {self.exchange.name!r}"
 
-    async def declare(
-        self, channel: aiormq.abc.AbstractChannel, targets: Iterable[str] = ()
-    ) -> None:
-        await self._declared.run(lambda: self._declare(channel), force=False)
-        for target in targets:
-            await self._bind(channel, target, force=False)
-
-    async def _declare(self, channel: aiormq.abc.AbstractChannel) -> None:
+    async def declare_topology(self, channel: aiormq.abc.AbstractChannel) -> None:
         version = _server_version(channel)
         unsupported = plugin_unsupported(version)
         if unsupported is not None:
@@ -101,21 +89,8 @@ class PluginPlacement:
                 plugin_missing(version, error), permanent=True
             ) from error
 
-    async def _bind(
-        self, channel: aiormq.abc.AbstractChannel, target: str, *, force: bool
-    ) -> None:
-        async def bind() -> None:
-            await channel.queue_bind(
-                target, self.exchange.name, self.exchange.routing_key(target)
-            )
-
-        await self._bindings.bind(target, bind, force=force)
-
-    async def prepare(
-        self, channel: aiormq.abc.AbstractChannel, plan: RetryPlan, *, force: bool
-    ) -> None:
-        await self._declared.run(lambda: self._declare(channel), force=force)
-        await self._bind(channel, plan.routing_key, force=force)
+    def target_binding(self, target_queue: str) -> tuple[str, str]:
+        return self.exchange.name, self.exchange.routing_key(target_queue)
 
     def address(self, plan: RetryPlan) -> tuple[str, str]:
         return self.exchange.name, self.exchange.routing_key(plan.routing_key)
@@ -129,10 +104,3 @@ class PluginPlacement:
         headers[PLUGIN_DELAY_HEADER] = x_delay(plan.delay_ms)
         properties.headers = headers
         return properties
-
-    def held(self, plan: RetryPlan) -> bool:
-        return True
-
-    def forget(self, plan: RetryPlan) -> None:
-        self._declared.forget()
-        self._bindings.forget(plan.routing_key)
