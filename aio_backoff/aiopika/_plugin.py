@@ -35,18 +35,11 @@ from ..core._plugin import (
 )
 from ._bindings import BoundTopology
 from ._ladder import DEFAULT_REBIND_S
+from ._verify import version_of
 
 __all__ = ["PluginPlacement"]
 
 log = logging.getLogger("aio_backoff").getChild("republish")
-
-
-def _server_version(channel: aiormq.abc.AbstractChannel) -> str | None:
-    properties = getattr(channel.connection, "server_properties", None) or {}
-    version = properties.get("version")
-    if isinstance(version, bytes):
-        version = version.decode(errors="replace")
-    return version if isinstance(version, str) else None
 
 
 class PluginPlacement(BoundTopology):
@@ -68,7 +61,7 @@ class PluginPlacement(BoundTopology):
         return f"via the delayed-message exchange {self.exchange.name!r}"
 
     async def declare_topology(self, channel: aiormq.abc.AbstractChannel) -> None:
-        version = _server_version(channel)
+        version = version_of(getattr(channel.connection, "server_properties", None))
         unsupported = plugin_unsupported(version)
         if unsupported is not None:
             raise CopyNotPlaced(unsupported, permanent=True)

@@ -16,6 +16,7 @@ import re
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,15 +87,20 @@ class BrokerReport:
         return "\n".join(lines)
 
 
-def _server_version(connection: aio_pika.abc.AbstractConnection) -> str | None:
-    transport = getattr(connection, "transport", None)
-    properties = getattr(
-        getattr(transport, "connection", None), "server_properties", {}
-    )
-    version = (properties or {}).get("version")
+def version_of(server_properties: Mapping[str, Any] | None) -> str | None:
+    """The broker's version, from the server properties it sent on connecting."""
+    version = (server_properties or {}).get("version")
     if isinstance(version, bytes):
         version = version.decode(errors="replace")
     return version if isinstance(version, str) else None
+
+
+def server_version(connection: aio_pika.abc.AbstractConnection) -> str | None:
+    """The version of the broker ``connection`` is connected to."""
+    transport = getattr(connection, "transport", None)
+    return version_of(
+        getattr(getattr(transport, "connection", None), "server_properties", None)
+    )
 
 
 def _feature_flags(management_url: str, timeout: float) -> dict[str, str]:
@@ -183,7 +189,7 @@ async def verify(
     async with asyncio.timeout(timeout):
         connection = await aio_pika.connect(url)
         try:
-            version = _server_version(connection)
+            version = server_version(connection)
             quorum = await _probe_quorum(connection, notes)
         finally:
             await connection.close()

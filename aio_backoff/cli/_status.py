@@ -19,7 +19,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
-from ..aiopika._verify import _server_version
+from ..aiopika._verify import server_version
 from ..core._ladder import LADDER_LEVELS, QUEUE_TYPES, Ladder
 from ..core._protocol import (
     DELAY_HEADER,
@@ -183,7 +183,7 @@ def _seen(name: str, delay_exchange: str, unread: str | None) -> DelayQueueSeen 
 
 def major_version(connection: AbstractConnection) -> int | None:
     """The broker's major version, from the connection."""
-    version = _server_version(connection) or ""
+    version = server_version(connection) or ""
     head = version.split(".", 1)[0]
     return int(head) if head.isdigit() else None
 
