@@ -201,12 +201,3 @@ def test_bad_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
         main(["preview", "100", "--plot", "x.png", "--size", "wide"])
     assert exited.value.code == 2
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
-
-
-def test_docs_show_what_preview_prints(capsys: pytest.CaptureFixture[str]) -> None:
-    docs = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
-    command = "$ aio-backoff preview 100,200,500 --limit 5 --sigma 20\n"
-    shown = docs.split(command, 1)[1].split("```", 1)[0]
-
-    assert main(command.split()[2:]) == 0
-    assert capsys.readouterr().out == shown
