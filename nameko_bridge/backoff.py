@@ -68,6 +68,7 @@ from aio_backoff.core import Backoff as CoreBackoff
 from aio_backoff.core import _events as events
 from aio_backoff.core._events import NO_HOOKS, Hooks, emit, retry_fields
 from aio_backoff.core._plugin import PLUGIN_DELAY_HEADER, x_delay
+from aio_backoff.core._trace import add_traceparent
 
 from ._topologies import TopologyDeclarer
 
@@ -477,17 +478,22 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
     def publish_copy(self, message: Any, plan: RetryPlan) -> None:
         """Publish the delayed copy of ``message`` that ``plan`` describes.
 
-        Raises ``UndeliverableMessage`` when it comes back unroutable also after a
-        fresh declare, or the error of the publish; never settles ``message``.
+        The copy carries ``plan.headers`` and, when a span is current (OpenTelemetry
+        installed), that span's ``traceparent`` and ``tracestate``, as the asyncio
+        stack's copies do (:func:`aio_backoff.otel.retry_links`). Raises
+        ``UndeliverableMessage`` when it comes back unroutable also after a fresh
+        declare, or the error of the publish; never settles ``message``.
         """
         hooks = self.hooks_in_force
+        headers = dict(plan.headers)
+        add_traceparent(headers)
         try:
             if plan.topology == "per-delay":
                 queue = self.make_queue(plan.delay_ms)
-                self._publish_copy(message, plan, queue)
+                self._publish_copy(message, plan, queue, headers)
                 via = queue.name
             else:
-                via = self._publish_routed_copy(message, plan)
+                via = self._publish_routed_copy(message, plan, headers)
         except Exception as error:
             if hooks.not_placed:
                 emit(
@@ -520,15 +526,18 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
         if hooks.scheduled:
             emit(hooks.scheduled, events.scheduled(plan, message_id_of(message)))
 
-    def _publish_routed_copy(self, message: Any, plan: RetryPlan) -> str:
-        """A copy through the ladder or the plugin's exchange; returns where it went.
+    def _publish_routed_copy(
+        self, message: Any, plan: RetryPlan, headers: Mapping[str, Any]
+    ) -> str:
+        """A copy with ``headers`` through the ladder or the plugin's exchange;
+        returns where it went.
 
         Declared (once) and the target bound before the publish; the ladder's copy
         is mandatory and published once more after a fresh declare if it comes
         back; the plugin takes no ``mandatory``. Copies are persistent.
         """
         target = plan.routing_key
-        headers = dict(plan.headers)
+        headers = dict(headers)
         properties = {**_copy_properties(message), "delivery_mode": PERSISTENT}
         if plan.topology == "ladder":
             ladder = Ladder(self.delay_exchange, self.queue_type_in_force)
@@ -572,7 +581,11 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                 break
         return exchange
 
-    def _publish_copy(self, message: Any, plan: RetryPlan, queue: Queue) -> None:
+    def _publish_copy(
+        self, message: Any, plan: RetryPlan, queue: Queue, headers: dict[str, Any]
+    ) -> None:
+        """A copy with ``headers`` through the per-delay ``queue``, declared when
+        its lease says so."""
         lease = plan.delay_queue
         assert lease is not None  # every per-delay plan has its delay queue
         properties = _copy_properties(message)
@@ -588,7 +601,7 @@ class BackoffPublisher(SharedExtension):  # type: ignore[misc]
                     message.body,
                     exchange=self.exchange,
                     routing_key=plan.routing_key,
-                    headers=plan.headers,
+                    headers=headers,
                     expiration=_expiration_seconds(plan.delay_ms),
                     declare=[queue] if declaring else [],
                     properties=properties,

@@ -7,8 +7,10 @@ Consumes the durable ``QUEUE`` with a Retrier of ``TOPOLOGY``, every retry
 ``DELAY_MS`` later, at most ``LIMIT`` retries. Each message is a JSON job ``{"key": str,
 "failures": int}``: it backs off while it has been retried fewer than ``failures``
 times, then succeeds. Every delivery appends a JSON line ``{"side": "asyncio", "key",
-"retries", "outcome"}`` to ``REPORT`` (outcome ``Backoff``, ``ok`` or ``Expired``);
-``ready`` is printed once it consumes. SIGTERM stops it gracefully.
+"retries", "outcome", "link"}`` to ``REPORT`` (outcome ``Backoff``, ``ok`` or
+``Expired``; link: the span id, 16 hex digits, that ``retry_links`` of the message's
+headers links to, or null); ``ready`` is printed once it consumes. SIGTERM stops it
+gracefully.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from aio_backoff import ExpiredMessage, Retrier, backoff_class, park, retries_done
+from aio_backoff.otel import retry_links
 
 
 def append(report: str, record: dict[str, Any]) -> None:
@@ -45,7 +48,12 @@ async def main(
         retries = retries_done(message.headers)
         failing = retries < job["failures"]
         outcome = "Backoff" if failing else "ok"
-        append(report, {"key": job["key"], "retries": retries, "outcome": outcome})
+        links = retry_links(message.headers)
+        link = format(links[0].context.span_id, "016x") if links else None
+        append(
+            report,
+            {"key": job["key"], "retries": retries, "outcome": outcome, "link": link},
+        )
         if failing:
             raise shared()
 

@@ -23,6 +23,7 @@ from nameko.amqp.publish import get_connection
 from nameko.exceptions import RemoteError
 from nameko.extensions import DependencyProvider
 from nameko.testing.services import entrypoint_waiter
+from opentelemetry import trace
 
 from aio_backoff import Ladder, delay_queue_name, retries_done
 from nameko_bridge import Backoff
@@ -32,6 +33,7 @@ from nameko_bridge.messaging import consume
 from nameko_bridge.rpc import rpc
 
 from .conftest import eventually
+from .tracing import Traced, span_id
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -310,3 +312,45 @@ def test_ladder_service_and_per_delay_retrier_share_a_queue(
     uri = rabbit_config["AMQP_URI"]
     assert queue_exists(uri, Ladder("backoff").level(4))  # 30 ms: 16 + 8 + 4 + 2
     assert queue_exists(uri, delay_queue_name(DELAY_MS))
+
+
+def test_a_traced_copy_placed_by_nameko_links_on_the_asyncio_stack(
+    container_factory: Callable[..., Any],
+    rabbit_config: dict[str, Any],
+    publish_message: Callable[..., None],
+    aio_consumer: Callable[[str, str], Path],
+) -> None:
+    """The copy a traced nameko worker placed (per-delay) comes back to a Retrier,
+    whose ``retry_links`` of the message's headers links to the worker's span."""
+    shared = Queue("traced_jobs", durable=True)
+    raised: list[str] = []
+
+    class Slow(Backoff):
+        schedule = (3000,)  # time to stop the service before the copy is back
+
+    class Service:
+        name = "traced_service"
+        ctx = Traced()
+
+        @consume(shared)
+        def consume_job(self, job: dict[str, Any]) -> None:
+            raised.append(span_id(trace.get_current_span().get_span_context()))
+            raise Slow
+
+    container = container_factory(Service, rabbit_config)
+    container.start()
+    with entrypoint_waiter(container, "consume_job"):
+        publish_message(
+            Exchange(""), {"key": "job", "failures": 1}, routing_key=shared.name
+        )
+    container.stop()  # the copy is in its delay queue; the Retrier takes it back
+    report = aio_consumer(shared.name, "per-delay")
+
+    def handled() -> dict[str, Any]:
+        records = [json.loads(line) for line in report.read_text().splitlines()]
+        assert len(records) == 1, records
+        return records[0]  # type: ignore[no-any-return]
+
+    record = eventually(handled, timeout=15)
+    assert (record["retries"], record["outcome"]) == (1, "ok")
+    assert record["link"] == raised[0]

@@ -19,6 +19,10 @@ from tests.observability.scenario import TWICE, retried_twice_then_parked
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
+INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+"""The ``traceparent`` a producer put on a message (the W3C example)."""
+INCOMING_STATE = "congo=t61rcWkgMzE"
+
 
 def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     """Metric name -> its data points."""
@@ -99,3 +103,40 @@ async def test_no_span_no_traceparent(
     await copy.ack()
     assert TRACEPARENT_HEADER not in copy.headers
     assert retry_context(copy.headers) is None
+
+
+async def test_no_span_keeps_the_messages_own_trace_context(
+    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+) -> None:
+    """As nameko_bridge's copies do (tests/nameko/test_trace.py)."""
+    retrier = make_retrier(backoff=TWICE)
+    await retrier.publisher.declare(targets=[target.name])
+    own = {TRACEPARENT_HEADER: INCOMING, "tracestate": INCOMING_STATE}
+    await publish(channel, target.name, headers=own)
+    async with retrier.process(await get_one(target), queue=target):
+        raise Backoff
+    copy = await get_one(target)
+    await copy.ack()
+    assert copy.headers[TRACEPARENT_HEADER] == INCOMING
+    assert copy.headers["tracestate"] == INCOMING_STATE
+
+
+async def test_a_span_replaces_the_messages_own_trace_context(
+    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+) -> None:
+    """The span's traceparent, and not the message's tracestate next to it."""
+    tracer = TracerProvider().get_tracer("test")
+    retrier = make_retrier(backoff=TWICE)
+    await retrier.publisher.declare(targets=[target.name])
+    own = {TRACEPARENT_HEADER: INCOMING, "tracestate": INCOMING_STATE}
+    await publish(channel, target.name, headers=own)
+    first = await get_one(target)
+    with tracer.start_as_current_span("attempt") as span:
+        async with retrier.process(first, queue=target):
+            raise Backoff
+    copy = await get_one(target)
+    await copy.ack()
+    context = retry_context(copy.headers)
+    assert context is not None
+    assert context.span_id == span.get_span_context().span_id
+    assert "tracestate" not in copy.headers
