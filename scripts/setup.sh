@@ -6,6 +6,8 @@
 #   .venv-py313     the same as .venv on Python 3.13 (scripts/test.sh runs both suites
 #                   on it too), when a Python 3.13 is found: $PYTHON313, python3.13 on
 #                   PATH, or pyenv's 3.13.x; without one it is skipped with a warning
+#   .venv-fs06      aio-backoff with FastStream 0.6 (the FastStream tests' second line)
+# and build/tools/prometheus, Debian's Prometheus unpacked (the PromQL test's server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,6 +76,30 @@ fs06_venv() {
   fi
 }
 
+# Prometheus (Debian's package, unpacked, not installed: no service starts) for
+# tests/observability/test_promql.py, which runs docs/observability.md's queries on it.
+# Without apt it is skipped with a warning, and that test skips (fails under CI=true).
+prometheus_tool() {
+  local dir=build/tools/prometheus
+  [[ -x $dir/usr/bin/prometheus ]] && return 0
+  if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+    echo "setup: warning: no apt-get: Prometheus not fetched; the PromQL test skips" >&2
+    return 0
+  fi
+  echo "setup: fetching Prometheus (Debian's package, unpacked in $dir)"
+  local download
+  download=$(mktemp -d)
+  (cd "$download" && apt-get download -q prometheus >/dev/null 2>&1) || {
+    rm -rf "$download"
+    echo "error: apt-get download prometheus failed (is apt's package list there? apt-get update)" >&2
+    return 1
+  }
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  dpkg-deb -x "$download"/prometheus_*.deb "$dir"
+  rm -rf "$download"
+}
+
 # The venvs are independent: install them at the same time.
 mkdir -p build
 pids=()
@@ -82,6 +108,8 @@ pids+=($!)
 upstream_venv &
 pids+=($!)
 fs06_venv &
+pids+=($!)
+prometheus_tool &
 pids+=($!)
 if [[ -n $python313 ]]; then
   dev_venv .venv-py313 "$python313" &
@@ -92,7 +120,7 @@ for pid in "${pids[@]}"; do
   wait "$pid" || failed=1
 done
 if ((failed)); then
-  echo "error: installing a venv failed (pip's output above)" >&2
+  echo "error: the set-up failed (the output above says where)" >&2
   exit 1
 fi
 echo "setup: ready"
