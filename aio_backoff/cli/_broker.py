@@ -194,7 +194,7 @@ def _quoted(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def management_for(args: argparse.Namespace) -> Management:
+def management_for(args: argparse.Namespace, *, timeout: float = 10.0) -> Management:
     """The management API the command line's options name. One guessed from
     ``--url`` (no ``--management-url``) must be the broker's at ``--url``: its AMQP
     listeners include that port (an explicit one is trusted: behind a port mapping
@@ -202,7 +202,9 @@ def management_for(args: argparse.Namespace) -> Management:
 
     Raises :class:`ManagementOff` when it does not answer.
     """
-    management = Management(management_url_for(args.url, args.management_url))
+    management = Management(
+        management_url_for(args.url, args.management_url), timeout=timeout
+    )
     overview = management.overview()
     if args.management_url:
         return management

@@ -26,15 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import json
-import logging
 import signal
 import sys
 import time
 import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -44,12 +40,9 @@ import aio_pika
 import aiormq
 import aiormq.abc
 from aiormq.exceptions import (
-    AMQPConnectionError,
     ChannelAccessRefused,
     ChannelNotFoundEntity,
-    ConnectionNotAllowed,
     DeliveryError,
-    ProbableAuthenticationError,
     PublishError,
 )
 from pamqp import commands as spec
@@ -64,7 +57,7 @@ from ..core._protocol import (
     retries_done,
 )
 from ..core._topology import parking_queue_name
-from ._broker import add_broker_arguments, management_url_for
+from ._broker import add_broker_arguments, connect, management_for, vhost_of
 from ._errors import CliError, Exit
 from ._output import emit, table
 
@@ -189,34 +182,15 @@ def origin(parked_queue: str, headers: Mapping[str, Any] | None) -> str | None:
 
 def _where(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
-    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    vhost = vhost_of(url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 5672} (vhost {vhost!r})"
 
 
 @contextlib.asynccontextmanager
 async def connected(url: str) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
-    """A connection to ``url``; a :class:`CliError` saying why there is none."""
-    where = _where(url)
-    for name in ("aiormq", "aio_pika"):  # their connect errors are said once, below
-        logging.getLogger(name).addHandler(logging.NullHandler())
-    try:
-        connection = await aio_pika.connect(url, timeout=CONNECT_TIMEOUT_S)
-    except (ProbableAuthenticationError, ConnectionNotAllowed) as error:
-        msg = f"the broker at {where} refused the login or the vhost ({error})"
-        raise CliError(
-            msg,
-            "Check the user, password and vhost in --url (or $AIO_BACKOFF_AMQP_URL) "
-            "and the user's permissions",
-            Exit.ACCESS,
-        ) from error
-    except (AMQPConnectionError, OSError, TimeoutError) as error:
-        msg = f"no AMQP broker answers at {where} ({error or type(error).__name__})"
-        raise CliError(
-            msg,
-            "Check that RabbitMQ runs there and give its address with --url "
-            "(or $AIO_BACKOFF_AMQP_URL)",
-            Exit.UNREACHABLE,
-        ) from error
+    """A connection to ``url`` (:func:`._broker.connect`, so its errors read as
+    every subcommand's), closed on the way out."""
+    connection = await connect(url, timeout=CONNECT_TIMEOUT_S)
     try:
         yield connection
     finally:
@@ -568,29 +542,13 @@ def _restore_interrupt() -> None:
 
 def queue_type(args: argparse.Namespace) -> str | None:
     """``classic``, ``quorum`` or ``stream``: the parking queue's type from the
-    management API; None when it does not answer."""
-    base = urllib.parse.urlsplit(management_url_for(args.url, args.management_url))
-    amqp = urllib.parse.urlsplit(args.url)
-    vhost = urllib.parse.unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
-    address = (
-        f"{base.scheme}://{base.hostname}:{base.port or 15672}/api/queues/"
-        f"{urllib.parse.quote(vhost, safe='')}/"
-        f"{urllib.parse.quote(args.parked_queue, safe='')}"
-    )
-    credentials = (
-        f"{urllib.parse.unquote(base.username or 'guest')}:"
-        f"{urllib.parse.unquote(base.password or 'guest')}"
-    )
-    request = urllib.request.Request(  # noqa: S310 (http or https from the user)
-        address,
-        headers={
-            "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()
-        },
-    )
+    management API; None when it does not answer (or is another broker's)."""
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
-            kind = json.load(answer).get("type")
-    except (OSError, ValueError):
+        management = management_for(args, timeout=5.0)
+        vhost = urllib.parse.quote(vhost_of(args.url), safe="")
+        queue = urllib.parse.quote(args.parked_queue, safe="")
+        kind = management.get(f"queues/{vhost}/{queue}").get("type")
+    except CliError:
         return None
     return kind if isinstance(kind, str) else None
 
