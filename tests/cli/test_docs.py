@@ -19,7 +19,7 @@ import sys
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,14 +116,13 @@ def api(broker: brokers.Broker, method: str, path: str, body: object = None) -> 
 
 
 @pytest.fixture
-async def vhost() -> AsyncIterator[str]:
+def vhost() -> Iterator[str]:
     """A virtual host of this test's own, deleted with everything in it."""
     broker = brokers.current()
     name = f"docs-cli-{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(api, broker, "PUT", f"vhosts/{name}")
+    api(broker, "PUT", f"vhosts/{name}")
     user = urllib.parse.urlsplit(broker.amqp_url).username
-    await asyncio.to_thread(
-        api,
+    api(
         broker,
         "PUT",
         f"permissions/{name}/{user}",
@@ -132,7 +131,7 @@ async def vhost() -> AsyncIterator[str]:
     try:
         yield name
     finally:
-        await asyncio.to_thread(api, broker, "DELETE", f"vhosts/{name}")
+        api(broker, "DELETE", f"vhosts/{name}")
 
 
 def vhost_url(vhost: str) -> str:
