@@ -24,28 +24,27 @@ except ImportError as missing:  # pragma: no cover - depends on the environment
     )
     raise ImportError(msg) from missing
 
-from .core._events import (
-    CameBack,
-    Expired,
-    Hooks,
-    NotPlaced,
-    Parked,
-    Replayed,
-    Scheduled,
-)
+from .core._events import Hooks
+from .core._figures import FIGURES, Figure, Label, figure_hooks
 
 __all__ = ["INSTRUMENTS", "otel_hooks", "retry_context", "retry_links"]
 
-INSTRUMENTS: Mapping[str, str] = {
-    "aio_backoff.retries": "counter {retry}: copies placed; queue, exception.type",
-    "aio_backoff.expired": "counter {message}: retries spent; queue, exception.type",
-    "aio_backoff.not_placed": "counter {copy}: copies not placed; queue, permanent",
-    "aio_backoff.parked": "counter {message}: messages parked; queue",
-    "aio_backoff.replayed": "counter {message}: copies replayed; queue",
-    "aio_backoff.delay": "histogram ms: the delay of each copy placed; queue",
-    "aio_backoff.lateness": "histogram ms: came back minus due; queue",
+ATTRIBUTES: Mapping[Label, str] = {
+    "queue": "queue",
+    "exception": "exception.type",
+    "permanent": "permanent",
 }
-"""The instruments :func:`otel_hooks` creates: name -> kind, unit and attributes."""
+"""The attribute each label is recorded as (OpenTelemetry's ``exception.type``)."""
+
+INSTRUMENTS: Mapping[str, str] = {
+    f"aio_backoff.{figure.name}": (
+        f"{figure.kind} {figure.unit}: {figure.description}; "
+        + ", ".join(ATTRIBUTES[label] for label in figure.labels)
+    )
+    for figure in FIGURES
+}
+"""The instruments :func:`otel_hooks` creates: name -> kind, unit, description and
+attributes."""
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -55,60 +54,26 @@ def otel_hooks(meter_provider: metrics.MeterProvider | None = None) -> Hooks:
     global one)."""
     provider = meter_provider or metrics.get_meter_provider()
     meter = provider.get_meter("aio_backoff")
-    retries = meter.create_counter(
-        "aio_backoff.retries", unit="{retry}", description="Delayed copies placed"
-    )
-    expired = meter.create_counter(
-        "aio_backoff.expired", unit="{message}", description="Retries spent"
-    )
-    not_placed = meter.create_counter(
-        "aio_backoff.not_placed", unit="{copy}", description="Copies not placed"
-    )
-    parked = meter.create_counter(
-        "aio_backoff.parked", unit="{message}", description="Messages parked"
-    )
-    replayed = meter.create_counter(
-        "aio_backoff.replayed", unit="{message}", description="Copies replayed"
-    )
-    delay = meter.create_histogram(
-        "aio_backoff.delay", unit="ms", description="Delay of each copy placed"
-    )
-    lateness = meter.create_histogram(
-        "aio_backoff.lateness",
-        unit="ms",
-        description="When a copy came back minus when it was due",
-    )
+    instruments: dict[str, Any] = {}
+    for figure in FIGURES:
+        create = (
+            meter.create_counter if figure.kind == "counter" else meter.create_histogram
+        )
+        instruments[figure.name] = create(
+            f"aio_backoff.{figure.name}",
+            unit=figure.unit,
+            description=figure.description,
+        )
 
-    def on_scheduled(event: Scheduled) -> None:
-        attributes = {"queue": event.queue, "exception.type": event.exception_type}
-        retries.add(1, attributes)
-        delay.record(event.delay_ms, {"queue": event.queue})
+    def record(figure: Figure, labels: dict[Label, Any], value: float) -> None:
+        attributes = {ATTRIBUTES[label]: labels[label] for label in labels}
+        instrument = instruments[figure.name]
+        if figure.kind == "counter":
+            instrument.add(value, attributes)
+        else:
+            instrument.record(value, attributes)
 
-    def on_came_back(event: CameBack) -> None:
-        if event.lateness_ms is not None:  # clocks apart can make it negative
-            lateness.record(max(event.lateness_ms, 0), {"queue": event.queue})
-
-    def on_expired(event: Expired) -> None:
-        attributes = {"queue": event.queue, "exception.type": event.exception_type}
-        expired.add(1, attributes)
-
-    def on_not_placed(event: NotPlaced) -> None:
-        not_placed.add(1, {"queue": event.queue, "permanent": event.permanent})
-
-    def on_parked(event: Parked) -> None:
-        parked.add(1, {"queue": event.queue})
-
-    def on_replayed(event: Replayed) -> None:
-        replayed.add(1, {"queue": event.queue})
-
-    return Hooks(
-        scheduled=on_scheduled,
-        came_back=on_came_back,
-        expired=on_expired,
-        not_placed=on_not_placed,
-        parked=on_parked,
-        replayed=on_replayed,
-    )
+    return figure_hooks(record)
 
 
 def retry_context(headers: Mapping[str, Any] | None) -> trace.SpanContext | None:
