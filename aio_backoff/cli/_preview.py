@@ -400,7 +400,7 @@ def plot(
         )
         for axes in (delays, cumulative):
             axes.grid(alpha=0.3)
-            axes.legend(loc="upper left", fontsize="small")
+            axes.legend(loc="best", fontsize="small")  # where it hides the least
             axes.set_ylim(bottom=0)
         limit = backoff.effective_limit()
         figure.suptitle(
