@@ -46,9 +46,12 @@ from ._policy import RetryPolicy
 from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_TOPOLOGY, DelayedPublisher
 from ._settle import Delivery, Settling, requeue
 
-__all__ = ["BackoffRPC"]
+__all__ = ["DEFAULT_CLOSE_TIMEOUT_S", "BackoffRPC"]
 
 log = logging.getLogger("aio_backoff").getChild("rpc")
+
+DEFAULT_CLOSE_TIMEOUT_S = 10.0
+"""Seconds :meth:`BackoffRPC.close` waits for the calls in flight to be settled."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,9 @@ class BackoffRPC(RPC):
     result of the first attempt that succeeds, or raises ``Backoff.Expired`` when the
     limit is spent. The caller's ``expiration`` only bounds the wait before a server
     takes the call, not the retries (docs/rpc.md, "Caller timeouts").
+
+    :meth:`close` stops taking calls and waits for the calls in flight to be
+    settled (replied, parked, their delayed copies placed) before it closes.
     """
 
     def __init__(
@@ -164,6 +170,10 @@ class BackoffRPC(RPC):
         """Carries out the ack table's failures for the calls."""
         self.policies: dict[str, RetryPolicy] = {}
         """routing key (= the method's queue) -> that method's policy"""
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        """The tasks of the calls being handled, until each is settled."""
+        self._closing = False
+        """Set by :meth:`close`: a call delivered now goes back to its queue."""
 
     @classmethod
     async def create(
@@ -225,6 +235,7 @@ class BackoffRPC(RPC):
         """
         if not durable:
             kwargs.setdefault("exclusive", True)
+        self._reopen()
         await super().initialize(
             auto_delete=auto_delete, durable=durable, exchange=exchange, **kwargs
         )
@@ -248,6 +259,7 @@ class BackoffRPC(RPC):
         policy = self.policy.override(
             backoff=backoff, retry_for=retry_for, on_expired=on_expired
         )
+        self._reopen()
         routing_key = self._format_routing_key(method_name)
         if routing_key in self.routes:
             # let aio-pika raise its own error, without touching the live policy
@@ -271,27 +283,105 @@ class BackoffRPC(RPC):
         if queue is not None:
             self.policies.pop(queue.name, None)
 
-    async def close(self) -> None:
-        """aio-pika's ``close``, then the publisher's own channel."""
+    async def close(self, timeout: float = DEFAULT_CLOSE_TIMEOUT_S) -> None:  # noqa: ASYNC109
+        """Stop taking calls, let the calls in flight be settled, then close.
+
+        Cancels the method consumers (the methods are unregistered: a call
+        delivered after that goes back to its queue unhandled), then waits up to
+        ``timeout`` seconds for the calls in flight: their methods, replies,
+        delayed copies, parked copies and acks. Calls still in flight after that
+        are cancelled, which puts each back on its queue unacked. Then aio-pika's
+        ``close`` (the reply queue; callers still waiting get ``CancelledError``)
+        and the publisher's own connection. A call that closes its own RPC is not
+        waited for.
+        """
+        if not timeout >= 0:  # also NaN
+            msg = (
+                f"BackoffRPC.close(timeout=...) must be 0 or more seconds, "
+                f"got {timeout!r}"
+            )
+            raise ValueError(msg)
+        self._closing = True
+        self.settling.stop_pausing()  # calls waiting out a pause go back now
         try:
+            await self._stop_consuming()
+            await self._drain(timeout)
             await super().close()
         finally:
             await self.publisher.close()
+
+    def _reopen(self) -> None:
+        """Take calls again (an ``initialize`` or ``register`` after a close)."""
+        if self._closing:
+            self._closing = False
+            self.settling.resume()
+
+    async def _stop_consuming(self) -> None:
+        """Cancel the method consumers (:meth:`_drain` forgets the methods once
+        their calls are settled)."""
+        for func, tag in list(self.consumer_tags.items()):
+            queue = self.queues[func]
+            with contextlib.suppress(Exception):  # its channel may be gone already
+                await queue.cancel(tag)
+            del self.consumer_tags[func]
+
+    async def _drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait up to ``timeout`` s for the calls in flight, cancel the rest (each
+        goes back to its queue) and wait for that too; then forget the methods."""
+        current = asyncio.current_task()
+        pending = {task for task in self._in_flight if task is not current}
+        try:
+            if pending:
+                log.debug(
+                    "closing: waiting up to %r s for %r calls in flight",
+                    timeout,
+                    len(pending),
+                )
+                _, pending = await asyncio.wait(pending, timeout=timeout)
+        finally:  # also when the close itself is cancelled
+            for task in pending:
+                task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+            log.warning(
+                "closed with %r calls still in flight after %r s: cancelled, each "
+                "back on its queue unacked (a parked or delayed copy published "
+                "without its confirm yet may be there too)",
+                len(pending),
+                timeout,
+            )
+        self.routes.clear()
+        self.queues.clear()
+        self.policies.clear()
 
     # -- the call path -----------------------------------------------------------
 
     async def on_call_message(self, method_name: str, message: IncomingMessage) -> None:
         """aio-pika's handler; a call whose outcome the table carried out (a retry
-        placed, a call kept or put back) is left alone afterwards."""
+        placed, a call kept or put back) is left alone afterwards. Each call is in
+        flight (:meth:`close` waits for it) until it is settled."""
+        queue = self._format_routing_key(method_name)
+        if self._closing:  # delivered as its consumer was cancelled
+            await requeue(message, queue, logger=log)
+            return
+        task = asyncio.current_task()
+        assert task is not None  # aio-pika runs each delivery in a task of its own
+        self._in_flight.add(task)
+        try:
+            await self._handle_call(method_name, queue, message)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _handle_call(
+        self, method_name: str, queue: str, message: IncomingMessage
+    ) -> None:
         publisher = self.publisher
         if not publisher.available:  # the gate: no call runs while copies cannot go
             await publisher.wait_available()
         hooks = publisher.hooks.came_back
         if hooks:
             event = came_back(
-                message.headers,
-                queue=self._format_routing_key(method_name),
-                message_id=message.message_id,
+                message.headers, queue=queue, message_id=message.message_id
             )
             if event is not None:
                 emit(hooks, event)
@@ -302,7 +392,6 @@ class BackoffRPC(RPC):
             pass  # settled as the table said
         except BaseException:
             if not message.processed:  # cancelled: back on its queue now
-                queue = self._format_routing_key(method_name)
                 await requeue(message, queue, logger=log)
             raise
         finally:
@@ -335,10 +424,10 @@ class BackoffRPC(RPC):
         """Publish the delayed copy and ack the call without a reply; or carry out
         the table for an expiry, a planning error or a copy not placed."""
         message = call.message
-        queue = self.queues[self.routes[routing_key]]
+        queue = routing_key  # the method's queue (aio-pika's register names it so)
         delivery = Delivery(
             message=message,
-            queue=queue.name,
+            queue=queue,
             subject=f"rpc {call.method_name!r} call {message.correlation_id!r}",
             # not the queue's arguments: aio-pika's dead-letter exchange (rpc.dlx)
             # sends calls back to their callers, so a kept call is parked
@@ -346,7 +435,7 @@ class BackoffRPC(RPC):
         )
         publisher = self.publisher
         try:
-            plan = publisher.plan(message, backoff, target_queue=queue.name)
+            plan = publisher.plan(message, backoff, target_queue=queue)
         except Backoff.Expired as expired:
             await self._failed(delivery, Outcome.EXPIRED, expired, str(expired))
         except Exception as error:  # noqa: BLE001 - a planning error: replied, kept
@@ -363,7 +452,7 @@ class BackoffRPC(RPC):
                 delivery, failure_outcome(failure), failure, str(failure)
             )
         await message.ack()
-        self.settling.settled(message, queue.name)
+        self.settling.settled(message, queue)
         log.info(
             "rpc %r call %r: retry #%r of %s in %r ms, back to queue %r",
             call.method_name,
@@ -371,9 +460,9 @@ class BackoffRPC(RPC):
             plan.retry_number,
             "unlimited" if plan.limit is None else plan.limit,
             plan.delay_ms,
-            queue.name,
+            queue,
             extra=retry_fields(
-                queue.name,
+                queue,
                 message.message_id,
                 plan.retry_number,
                 plan.limit,

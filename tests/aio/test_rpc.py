@@ -39,7 +39,7 @@ from tests import brokers
 from tests.aio.retrying import FAST_FAILURES, get_one
 from tests.aio_fixtures import drop_ladders
 from tests.observability.recording import Events
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_true
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(20)]
 
@@ -708,6 +708,216 @@ async def test_settings_are_checked(channel: AbstractChannel) -> None:
         BackoffRPC(channel, backoff=ValueError)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="retry_for must hold exception classes"):
         BackoffRPC(channel, retry_for=[ValueError, "oops"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"close\(timeout=...\) must be 0 or more"):
+        await BackoffRPC(channel).close(timeout=-1)
+
+
+class HeldPublisher(DelayedPublisher):
+    """Holds its first parking publish (``what="park"``) or delayed copy
+    (``what="copy"``) until ``release`` is set, and records how many of them were
+    in flight each time it was closed."""
+
+    def __init__(self, channel: AbstractChannel, what: str, **kwargs: Any) -> None:
+        super().__init__(channel, failure_policy=FAST_FAILURES, **kwargs)
+        self.what = what
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.in_flight = 0
+        self.closed_with: list[int] = []
+
+    async def _hold(self, what: str) -> None:
+        if what == self.what and not self.held.is_set():
+            self.held.set()
+            await self.release.wait()
+
+    async def park(self, message: Any, *, queue: str, error: Any) -> str:
+        self.in_flight += 1
+        try:
+            await self._hold("park")
+            return await super().park(message, queue=queue, error=error)
+        finally:
+            self.in_flight -= 1
+
+    async def publish_copy(self, message: Any, plan: Any, **kwargs: Any) -> None:
+        self.in_flight += 1
+        try:
+            await self._hold("copy")
+            await super().publish_copy(message, plan, **kwargs)
+        finally:
+            self.in_flight -= 1
+
+    async def close(self) -> None:
+        self.closed_with.append(self.in_flight)
+        self.release.set()  # a close that did not wait: let the held publish go on
+        await super().close()
+
+
+async def _held_call(
+    make_rpc: MakeRPC, channel: AbstractChannel, method_name: str, what: str
+) -> tuple[BackoffRPC, HeldPublisher, asyncio.Task[Any]]:
+    """A server whose method always backs off, and a call to it, held in its
+    parking publish (``"park"``: the caller got ``Backoff.Expired``) or in its
+    first delayed copy (``"copy"``: the caller still waits)."""
+    publisher = HeldPublisher(channel, what)
+    server = await make_rpc(BackoffRPC, backoff=TwoRetries, publisher=publisher)
+    caller = await make_rpc(RPC)
+    # not auto-delete: a call put back on its queue stays there to be counted
+    await server.register(method_name, Flaky(100, TwoRetries), durable=True)
+    call = asyncio.create_task(caller.call(method_name, {"x": 1}))
+    await asyncio.wait_for(publisher.held.wait(), 10)
+    if what == "park":
+        with pytest.raises(Backoff.Expired):
+            await call
+    return server, publisher, call
+
+
+async def _count(connection: AbstractRobustConnection, queue: str) -> tuple[int, int]:
+    """(ready messages, consumers) of ``queue`` now; (0, 0) if it does not exist.
+
+    On a channel of its own: a robust channel answers a passive declare of a queue
+    it declared before from memory, with the counts of that time."""
+    channel = await connection.channel()
+    try:
+        underlay = await channel.get_underlay_channel()
+        found = await underlay.queue_declare(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return 0, 0
+    finally:
+        await channel.close()
+    return found.message_count or 0, found.consumer_count or 0
+
+
+@pytest.mark.parametrize("what", ["park", "copy"])
+async def test_close_waits_for_a_call_settling(
+    make_rpc: MakeRPC,
+    connection: AbstractRobustConnection,
+    method_name: str,
+    declared: Any,
+    what: str,
+) -> None:
+    """close() stops taking calls, then waits for the calls in flight to be
+    settled (an expired call's parking, a delayed copy's placement, the ack)
+    before it closes anything: the call is parked, or its copy placed, once."""
+    parking = declared.queue(f"{method_name}.parked")
+    checks = await connection.channel()
+    server, publisher, call = await _held_call(make_rpc, checks, method_name, what)
+
+    closing = asyncio.create_task(server.close())
+
+    async def consumers_gone() -> bool:
+        return closing.done() or (await _count(connection, method_name))[1] == 0
+
+    await wait_until_true(consumers_gone, what="the method's consumer cancelled")
+    assert not closing.done(), f"close() returned with the {what} still in flight"
+    publisher.release.set()
+    await asyncio.wait_for(closing, 10)
+
+    assert publisher.closed_with == [0]  # nothing cut off by the close
+    await server.channel.close()  # an unacked call would go back to its queue now
+    if what == "park":
+        kept = await get_one(await checks.declare_queue(parking, passive=True))
+        await kept.ack()
+        assert kept.headers["backoff-queue"] == method_name
+        assert await _count(connection, parking) == (0, 0)  # parked once
+        assert await _count(connection, method_name) == (0, 0)  # and acked
+    else:
+        copy = await get_one(await checks.declare_queue(method_name, passive=True))
+        await copy.ack()
+        assert copy.headers[RETRIES_HEADER] == 1  # the delayed copy, back once
+        assert await _count(connection, method_name) == (0, 0)  # the original acked
+        assert await _count(connection, parking) == (0, 0)
+        call.cancel()
+
+
+@pytest.mark.parametrize("what", ["park", "copy"])
+async def test_close_puts_a_call_still_settling_after_its_timeout_back(
+    make_rpc: MakeRPC,
+    connection: AbstractRobustConnection,
+    method_name: str,
+    declared: Any,
+    caplog: pytest.LogCaptureFixture,
+    what: str,
+) -> None:
+    """A call still settling after close()'s timeout is cancelled: it goes back
+    to its queue unacked, and nothing was parked or placed for it."""
+    parking = declared.queue(f"{method_name}.parked")
+    checks = await connection.channel()
+    server, publisher, call = await _held_call(make_rpc, checks, method_name, what)
+
+    await asyncio.wait_for(server.close(timeout=0.1), 10)  # never released
+
+    assert publisher.closed_with == [0]
+    assert any(
+        "1 calls still in flight after 0.1 s" in r.getMessage() for r in caplog.records
+    )
+
+    async def back_on_its_queue() -> bool:
+        return await _count(connection, method_name) == (1, 0)
+
+    await wait_until_true(back_on_its_queue, what="the call back on its queue")
+    back = await get_one(await checks.declare_queue(method_name, passive=True))
+    await back.ack()
+    assert back.headers.get(RETRIES_HEADER) == (2 if what == "park" else None)
+    assert await _count(connection, parking) == (0, 0)
+    call.cancel()
+
+
+async def test_close_from_a_method_does_not_wait_for_itself(
+    make_rpc: MakeRPC, method_name: str
+) -> None:
+    server = await make_rpc(BackoffRPC, backoff=Fast)
+    caller = await make_rpc(RPC)
+    closed = asyncio.Event()
+
+    async def shutdown() -> str:
+        await server.close(timeout=30)
+        closed.set()
+        return "closing"
+
+    await server.register(method_name, shutdown, auto_delete=True, durable=True)
+    assert await caller.call(method_name, {}) == "closing"
+    assert closed.is_set()
+
+
+async def test_a_call_delivered_while_closing_goes_back_unhandled(
+    make_rpc: MakeRPC,
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    method_name: str,
+) -> None:
+    """A delivery that was on its way when the consumer was cancelled (here: handed
+    over by hand after the close) is not run: it goes back to its queue."""
+    server = await make_rpc(BackoffRPC, backoff=Fast)
+    method = Flaky(0)
+    await server.register(method_name, method, durable=True)
+    await server.close()
+    await channel.default_exchange.publish(
+        aio_pika.Message(server.serialize({}), correlation_id="c-1"),
+        routing_key=method_name,
+    )
+    late = await get_one(await channel.declare_queue(method_name, passive=True))
+
+    await server.on_call_message(method_name, late)  # type: ignore[arg-type]
+
+    async def back() -> bool:
+        return await _count(connection, method_name) == (1, 0)
+
+    await wait_until_true(back, what="the call back on its queue")
+    assert method.calls == []
+
+
+async def test_register_after_close_takes_calls_again(
+    make_rpc: MakeRPC, method_name: str
+) -> None:
+    server = await make_rpc(BackoffRPC, backoff=Fast)
+    caller = await make_rpc(RPC)
+    await server.register(method_name, Flaky(0), durable=True)
+    await server.close()
+    assert server.routes == {}  # unregistered
+
+    await server.register(method_name, Flaky(1, Fast), durable=True)
+
+    assert await caller.call(method_name, {"x": 2}) == {"answer": 4, "attempts": 2}
 
 
 _EXAMPLE_PARKING = re.compile(r"^example\.settle\.[0-9a-f]{6}\.parked$")
@@ -773,3 +983,6 @@ def test_docs_example_runs() -> None:
     assert "caller got Backoff.Expired: Backoff aborted after '2' retries" in (
         done.stdout
     )
+    # close() waited for the expired call's parking: kept once, nothing cut off
+    assert done.stdout.count("; parked in 'example.settle.") == 1, done.stdout
+    assert "could not" not in done.stdout
