@@ -183,6 +183,8 @@ class Processing:
         if not self.message.processed:
             await self.message.ack()
         self.retrier.settling.settled(self.message, self.queue)
+        if not log.isEnabledFor(logging.INFO):
+            return  # the line's structured fields are not worth building
         log.info(
             "message %r from queue %r: retry #%r (limit %r) in %r ms",
             self.message.message_id,

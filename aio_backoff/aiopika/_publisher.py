@@ -344,9 +344,13 @@ class DelayedPublisher:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            self.connection.unavailable(repr(error))
-            msg = f"{what} found no channel to publish on: {error!r}"
-            raise PublisherUnavailable(msg) from error
+            raise self._no_channel(what, error) from error
+
+    def _no_channel(self, what: str, error: Exception) -> PublisherUnavailable:
+        """The channel did not open: close the gate; the error to raise."""
+        self.connection.unavailable(repr(error))
+        msg = f"{what} found no channel to publish on: {error!r}"
+        return PublisherUnavailable(msg)
 
     def _failed(
         self,
@@ -390,14 +394,15 @@ class DelayedPublisher:
         self, body: bytes, plan: RetryPlan, properties: aiormq.spec.Basic.Properties
     ) -> None:
         placement = self.placement_for(plan)
-        what = (
-            f"the delayed copy of a message for queue {plan.routing_key!r} "
-            f"(retry #{plan.retry_number}, {plan.delay_ms} ms "
-            f"{placement.describe(plan)})"
-        )
         properties = placement.properties(properties, plan)
         for again in (False, True):
-            channel = await self._channel(what)
+            try:
+                channel = await self.connection.channel()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                what = _describe_copy(plan, placement)
+                raise self._no_channel(what, error) from error
             sent = False
             try:
                 await placement.prepare(channel, plan, force=again)
@@ -416,6 +421,7 @@ class DelayedPublisher:
             except _ONCE_MORE as error:
                 # returned (its queue expired or was deleted), exchange gone, or
                 # the channel closed under it: declare and publish once more
+                what = _describe_copy(plan, placement)
                 if again or isinstance(error, REFUSED):
                     also = f"{what}, also after a fresh declare," if again else what
                     raise self._failed(error, also, plan, sent=sent) from error
@@ -428,13 +434,17 @@ class DelayedPublisher:
                     describe(error),
                 )
             except Exception as error:
+                what = _describe_copy(plan, placement)
                 failure = self._failed(error, what, plan, sent=sent, channel=channel)
                 raise failure from error
             else:
                 if again or placement.held(plan):
                     return
                 # confirmed too late to be sure its queue was still leased
-                self._uncertain(what, "a confirm later than the grace period")
+                self._uncertain(
+                    _describe_copy(plan, placement),
+                    "a confirm later than the grace period",
+                )
                 placement.forget(plan)
 
     def _uncertain(self, what: str, error: BaseException | str) -> None:
@@ -540,6 +550,16 @@ class DelayedPublisher:
     ) -> str | None:
         """What is missing for the queue's dead-letter exchange to keep a message."""
         return await self.parking.dead_letter_target_missing(queue_arguments)
+
+
+def _describe_copy(plan: RetryPlan, placement: Placement) -> str:
+    """How errors and log lines name a delayed copy (made only when one needs it:
+    the formatting is a measurable part of a retry's own work)."""
+    return (
+        f"the delayed copy of a message for queue {plan.routing_key!r} "
+        f"(retry #{plan.retry_number}, {plan.delay_ms} ms "
+        f"{placement.describe(plan)})"
+    )
 
 
 _COPY_HEADERS = DelayedPublisher.copy_headers
