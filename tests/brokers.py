@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,29 @@ def current() -> Broker:
         amqp_url=os.environ.get("AIO_BACKOFF_AMQP_URL", amqp),
         api_url=os.environ.get("AIO_BACKOFF_API_URL", api),
     )
+
+
+def plugin() -> Broker | None:
+    """The broker with the delayed-message-exchange plugin, or ``None``.
+
+    ``AIO_BACKOFF_PLUGIN_AMQP_URL`` names it (``scripts/pluginbroker.sh`` starts one at
+    ``amqp://guest:guest@127.0.0.1:5695/``); its management API is
+    ``AIO_BACKOFF_PLUGIN_API_URL``, by default on the AMQP port + 10000 with the same
+    credentials.
+    """
+    amqp = os.environ.get("AIO_BACKOFF_PLUGIN_AMQP_URL")
+    if not amqp:
+        return None
+    parts = urlsplit(amqp)
+    api = os.environ.get(
+        "AIO_BACKOFF_PLUGIN_API_URL",
+        f"http://{parts.username}:{parts.password}@{parts.hostname}:"
+        f"{(parts.port or 5672) + 10000}",
+    )
+    return Broker(name="plugin", amqp_url=amqp, api_url=api)
+
+
+PLUGIN_SKIP_REASON = (
+    "AIO_BACKOFF_PLUGIN_AMQP_URL is not set (a broker with the "
+    "delayed-message-exchange plugin: scripts/pluginbroker.sh)"
+)

@@ -70,15 +70,11 @@ CLOCK_TOLERANCE_MS = 5
 LATE_MS = 500
 """How late a copy may come back on a busy machine."""
 
-PLUGIN_URL = os.environ.get("AIO_BACKOFF_PLUGIN_AMQP_URL")
+PLUGIN = brokers.plugin()
 RABBITMQ43_URL = os.environ.get(
     "AIO_BACKOFF_RABBITMQ43_AMQP_URL", "amqp://guest:guest@127.0.0.1:5674/"
 )
-needs_plugin = pytest.mark.skipif(
-    not PLUGIN_URL,
-    reason="AIO_BACKOFF_PLUGIN_AMQP_URL is not set (a broker with the "
-    "delayed-message-exchange plugin: scripts/pluginbroker.sh)",
-)
+needs_plugin = pytest.mark.skipif(PLUGIN is None, reason=brokers.PLUGIN_SKIP_REASON)
 
 
 # -- a broker to work on, and what to delete afterwards ------------------------------
@@ -223,15 +219,9 @@ async def site(unique_name: Callable[[str], str]) -> AsyncIterator[Site]:
 @pytest.fixture
 async def plugin_site(unique_name: Callable[[str], str]) -> AsyncIterator[Site]:
     """The broker with the delayed-message-exchange plugin."""
-    if not PLUGIN_URL:
-        pytest.skip("AIO_BACKOFF_PLUGIN_AMQP_URL is not set")
-    parts = urllib.parse.urlsplit(PLUGIN_URL)
-    api_url = os.environ.get(
-        "AIO_BACKOFF_PLUGIN_API_URL",
-        f"http://{parts.username}:{parts.password}@{parts.hostname}:"
-        f"{(parts.port or 5672) + 10000}",
-    )
-    async with site_on(PLUGIN_URL, api_url, unique_name) as made:
+    if PLUGIN is None:
+        pytest.skip(brokers.PLUGIN_SKIP_REASON)
+    async with site_on(PLUGIN.amqp_url, PLUGIN.api_url, unique_name) as made:
         yield made
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, Protocol, TypeVar
 from unittest.mock import patch
+from urllib.parse import urlsplit
 
 import pytest
 from amqp.exceptions import NotFound
@@ -24,6 +26,7 @@ from nameko.amqp.publish import get_connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.testing import rabbit
 from nameko.testing.services import entrypoint_waiter
 
 from aio_backoff.core import FailurePolicy
@@ -31,6 +34,7 @@ from nameko_bridge import Backoff, BackoffPublisher
 from nameko_bridge.events import event_handler
 from nameko_bridge.messaging import consume
 from nameko_bridge.rpc import rpc
+from tests import brokers
 
 BACKOFFS_BEFORE_SUCCESS = 3
 FAST_SCHEDULE = (20, 30, 40)
@@ -103,9 +107,10 @@ def queue(exchange: Exchange) -> Queue:
     return Queue("messages", exchange=exchange, routing_key="message")
 
 
-@pytest.fixture
-def publish_message(rabbit_config: dict[str, Any]) -> Callable[..., None]:
-    """Publish ``payload`` to ``exchange`` (declared first) through kombu's pools."""
+def publish_to(config: dict[str, Any]) -> Callable[..., None]:
+    """``publish(exchange, payload, routing_key=None, ...)`` in the vhost of
+    ``config``: publish ``payload`` to ``exchange`` (declared first) through kombu's
+    pools."""
 
     def publish(
         exchange: Exchange,
@@ -114,7 +119,7 @@ def publish_message(rabbit_config: dict[str, Any]) -> Callable[..., None]:
         serializer: str = "json",
         **kwargs: Any,
     ) -> None:
-        conn = Connection(rabbit_config[AMQP_URI_CONFIG_KEY])
+        conn = Connection(config[AMQP_URI_CONFIG_KEY])
         with connections[conn].acquire(block=True) as connection:
             exchange.maybe_bind(connection)
             with producers[conn].acquire(block=True) as producer:
@@ -128,6 +133,40 @@ def publish_message(rabbit_config: dict[str, Any]) -> Callable[..., None]:
                 )
 
     return publish
+
+
+@pytest.fixture
+def publish_message(rabbit_config: dict[str, Any]) -> Callable[..., None]:
+    """Publish ``payload`` to ``exchange`` (declared first) through kombu's pools."""
+    return publish_to(rabbit_config)
+
+
+@pytest.fixture
+def plugin_config() -> Iterator[dict[str, Any]]:
+    """A vhost of its own on the broker with the delayed-message-exchange plugin
+    (``AIO_BACKOFF_PLUGIN_AMQP_URL``, ``tests/brokers.py``), as ``rabbit_config`` is
+    one on the broker under test; deleted afterwards, which cancels the consumers of
+    the containers in it. Skips the test when no such broker is named."""
+    broker = brokers.plugin()
+    if broker is None:
+        pytest.skip(brokers.PLUGIN_SKIP_REASON)
+    api = rabbit.Client(broker.api_url)
+    parts = urlsplit(broker.amqp_url)
+    vhost = f"aio_backoff_plugin_{uuid.uuid4().hex[:12]}"
+    api.create_vhost(vhost)
+    try:
+        api.set_vhost_permissions(vhost, parts.username, ".*", ".*", ".*")
+        yield {
+            AMQP_URI_CONFIG_KEY: f"pyamqp://{parts.netloc}/{vhost}",
+            "username": parts.username,
+            "vhost": vhost,
+        }
+    finally:
+        api.delete_vhost(vhost)
+        # kombu's pooled connections to the vhost are dead now: close them
+        for key, pool in list(connections.items()):
+            if isinstance(key, list) and vhost in key:
+                pool.force_close_all()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from nameko_bridge import Backoff, BackoffPublisher
 from nameko_bridge.backoff import TOPOLOGY_CONFIG_KEY
 from nameko_bridge.messaging import consume
 
-from .conftest import eventually
+from .conftest import eventually, publish_to
 from .tracing import EXPORTER, TRACER, Traced, WorkerContext, span_id
 
 pytestmark = pytest.mark.timeout(30)
@@ -96,17 +96,20 @@ def run_twice(
     return attempts
 
 
-@pytest.mark.parametrize("topology", ["per-delay", "ladder"])
+@pytest.mark.parametrize("topology", ["per-delay", "ladder", "plugin"])
 def test_each_copy_carries_the_span_of_the_attempt_that_raised(
     container_factory: Callable[..., Any],
-    rabbit_config: dict[str, Any],
-    publish_message: Callable[..., None],
+    request: pytest.FixtureRequest,
     topology: str,
 ) -> None:
+    """The plugin's case runs on the broker that has it (``plugin_config``)."""
+    base = request.getfixturevalue(
+        "plugin_config" if topology == "plugin" else "rabbit_config"
+    )
     # "a" comes with a producer's trace context, which the span's replaces
     jobs = {"a": {TRACEPARENT_HEADER: INCOMING, TRACESTATE: INCOMING_STATE}, "b": {}}
-    config = {**rabbit_config, TOPOLOGY_CONFIG_KEY: topology}
-    attempts = run_twice(container_factory, config, publish_message, Traced(), jobs)
+    config = {**base, TOPOLOGY_CONFIG_KEY: topology}
+    attempts = run_twice(container_factory, config, publish_to(base), Traced(), jobs)
 
     first = {job: span for job, retries, _, span in attempts if retries == 0}
     again = {job: headers for job, retries, headers, _ in attempts if retries == 1}
@@ -165,8 +168,7 @@ def test_without_a_span_a_copy_keeps_the_messages_own_trace_context(
 
 @pytest.mark.parametrize("topology", ["per-delay", "ladder", "plugin"])
 def test_every_topology_puts_the_current_span_on_the_copy(topology: str) -> None:
-    """No broker: what each topology hands to the publish (the plugin's has no
-    broker here to run on)."""
+    """No broker: what each topology hands to the publish."""
     publisher = BackoffPublisher()
     publisher.topology = topology  # type: ignore[assignment]
     publisher._declarer = Mock()
