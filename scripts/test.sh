@@ -162,6 +162,27 @@ lane_cluster() {
   fi
 }
 
+# The plugin topology's tests run on a 4.0 node of their own with the
+# delayed-message exchange (scripts/pluginbroker.sh, 5695) when the plugin, built as
+# docs/topology.md says, is on this machine (AIO_BACKOFF_PLUGINS_DIR, by default
+# /var/lib/aio-backoff/plugin/plugins); without it they skip, with a warning here.
+plugins_dir=${AIO_BACKOFF_PLUGINS_DIR:-/var/lib/aio-backoff/plugin/plugins}
+plugin_broker=0
+if [[ -n ${AIO_BACKOFF_PLUGIN_AMQP_URL:-} ]]; then
+  echo "plugin tests: on $AIO_BACKOFF_PLUGIN_AMQP_URL (AIO_BACKOFF_PLUGIN_AMQP_URL)"
+elif ((with_rabbitmq4)) && compgen -G "$plugins_dir/rabbitmq_delayed_message_exchange*" >/dev/null; then
+  AIO_BACKOFF_PLUGINS_DIR=$plugins_dir scripts/pluginbroker.sh start || {
+    echo "error: the plugin broker did not start (above), with the plugin in $plugins_dir" >&2
+    exit 1
+  }
+  plugin_broker=1
+  export AIO_BACKOFF_PLUGIN_AMQP_URL=amqp://guest:guest@127.0.0.1:5695/
+  echo "plugin tests: on the plugin broker (5695), plugin from $plugins_dir"
+else
+  echo "warning: no delayed-message-exchange plugin in $plugins_dir: the plugin" \
+    "topology's broker tests skip (docs/topology.md says how to build it)" >&2
+fi
+
 fault_versions=(3)
 ((with_rabbitmq4)) && fault_versions+=(4 4.3)
 lane_faults() {
@@ -220,6 +241,9 @@ finish() {  # on exit: no lane outlives the run, and no fault node either
   for version in 3 4; do
     scripts/cluster.sh stop --version "$version" >/dev/null 2>&1 || true
   done
+  if ((plugin_broker)); then
+    scripts/pluginbroker.sh stop >/dev/null 2>&1 || true
+  fi
 }
 trap finish EXIT
 

@@ -90,6 +90,10 @@ class Site:
     api_url: str
     names: Callable[[str], str]
     queues: list[str] = field(default_factory=list)
+    delay_queues: list[str] = field(default_factory=list)
+    """Per-delay queues, deleted only when empty: named by their delay alone, they
+    are shared with any other run on the broker (the Python 3.13 lane runs these
+    tests on the same broker at the same time) whose copies may wait in them."""
     exchanges: list[str] = field(default_factory=list)
     ladders: list[Ladder] = field(default_factory=list)
     retriers: list[Retrier] = field(default_factory=list)
@@ -191,6 +195,19 @@ class Site:
             await raw.exchange_delete(exchange, nowait=True)
         await raw.exchange_delete(self.names("last"))
         await cleanup.close()
+        for queue in dict.fromkeys(self.delay_queues):
+            await self.delete_if_empty(queue)
+
+    async def delete_if_empty(self, queue: str) -> None:
+        """Delete ``queue`` unless it holds messages (the broker refuses, and closes
+        the channel: one channel per queue)."""
+        channel = await self.connection.channel()
+        try:
+            with contextlib.suppress(aio_pika.exceptions.ChannelPreconditionFailed):
+                await channel.queue_delete(queue, if_empty=True)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
 
 @contextlib.asynccontextmanager
@@ -534,7 +551,7 @@ async def test_ladder_keeps_33_queues_where_per_delay_makes_one_per_delay(
     assert len(Ladder().queue_names) == 33
 
     per_delay = {delay_queue_name(delay) for delay in delays}
-    site.queues.extend(sorted(per_delay))  # deleted afterwards, with their leases
+    site.delay_queues.extend(sorted(per_delay))  # deleted afterwards, if empty
     made = await site.queues_named(r"^backoff--\d+ms$")
     assert per_delay <= made
     assert len(per_delay) == 200
@@ -681,7 +698,7 @@ async def mix_topologies(site: Site, topologies: list[str]) -> None:
         assert [hop.topology for hop in firsts[: len(topologies)]] == topologies
     # the per-delay queues drain, then expire grace_ms after their last copy
     used = {delay_queue_name(schedule[i]) for i in range(len(schedule))}
-    site.queues.extend(sorted(used))
+    site.delay_queues.extend(sorted(used))
 
     async def all_gone() -> bool:
         return not any([await site.exists(queue) for queue in used])
