@@ -7,6 +7,7 @@ with the vhost.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from nameko.testing.services import entrypoint_waiter
 from opentelemetry import trace
 
 from aio_backoff import Ladder, delay_queue_name, retries_done
+from aio_backoff.otel import retry_links
 from nameko_bridge import Backoff
 from nameko_bridge.backoff import QUEUE_TYPE_CONFIG_KEY, TOPOLOGY_CONFIG_KEY
 from nameko_bridge.events import event_handler
@@ -33,7 +35,7 @@ from nameko_bridge.messaging import consume
 from nameko_bridge.rpc import rpc
 
 from .conftest import eventually
-from .tracing import Traced, span_id
+from .tracing import EXPORTER, Traced, span_id, trace_id
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -198,24 +200,21 @@ class Shared(Backoff):
 
 
 @pytest.fixture
-def aio_consumer(
-    rabbit_config: dict[str, Any], tmp_path: Path
-) -> Iterator[Callable[[str, str], Path]]:
-    """``start(queue, topology)``: an aio-pika Retrier in a process of its own
-    (``aio_consumer.py``), consuming once this returns; returns its report."""
+def aio_process(
+    rabbit_config: dict[str, Any],
+) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """``start(module, *args)``: ``python -m tests.nameko.<module> AMQP_URL *args``,
+    a process of its own (this one is monkeypatched by eventlet), once it has
+    printed ``ready``; its further lines are on ``stdout``. SIGTERM stops it at the
+    end of the test."""
     processes: list[subprocess.Popen[str]] = []
     url = rabbit_config["AMQP_URI"].replace("pyamqp://", "amqp://", 1)
 
-    def start(queue: str, topology: str) -> Path:
-        report = tmp_path / f"aio-{len(processes)}.jsonl"
-        report.touch()
+    def start(module: str, *args: str) -> subprocess.Popen[str]:
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         env.pop("COVERAGE_PROCESS_START", None)
         process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "tests.nameko.aio_consumer"),
-                *(url, queue, topology, str(report), str(DELAY_MS), str(LIMIT)),
-            ],
+            [sys.executable, "-m", f"tests.nameko.{module}", url, *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -224,8 +223,8 @@ def aio_consumer(
         processes.append(process)
         assert process.stdout is not None
         line = process.stdout.readline()
-        assert line.strip() == "ready", f"aio consumer did not start: {line!r}"
-        return report
+        assert line.strip() == "ready", f"{module} did not start: {line!r}"
+        return process
 
     yield start
     for process in processes:
@@ -235,6 +234,28 @@ def aio_consumer(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+@pytest.fixture
+def aio_consumer(
+    aio_process: Callable[..., subprocess.Popen[str]], tmp_path: Path
+) -> Callable[[str, str], Path]:
+    """``start(queue, topology)``: an aio-pika Retrier in a process of its own
+    (``aio_consumer.py``), consuming once this returns; returns its report."""
+    reports = itertools.count()
+
+    def start(queue: str, topology: str) -> Path:
+        report = tmp_path / f"aio-{next(reports)}.jsonl"
+        report.touch()
+        aio_process(
+            "aio_consumer",
+            *(queue, topology, str(report), str(DELAY_MS), str(LIMIT)),
+        )
+        return report
+
+    return start
 
 
 def merged(records: list[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -354,3 +375,59 @@ def test_a_traced_copy_placed_by_nameko_links_on_the_asyncio_stack(
     record = eventually(handled, timeout=15)
     assert (record["retries"], record["outcome"]) == (1, "ok")
     assert record["link"] == raised[0]
+
+
+@pytest.mark.parametrize("topology", ["per-delay", "ladder"])
+def test_a_traced_copy_placed_by_asyncio_links_on_the_nameko_stack(
+    container_factory: Callable[..., Any],
+    rabbit_config: dict[str, Any],
+    publish_message: Callable[..., None],
+    aio_process: Callable[..., subprocess.Popen[str]],
+    topology: str,
+) -> None:
+    """The copy a Retrier placed in a span (``aio_traced.py``, a process of its own)
+    comes back to a traced nameko service: ``retry_links(worker_ctx.data)`` links
+    to that span, and so does the worker's span, as exported."""
+    EXPORTER.clear()
+    shared = Queue("traced_aio_jobs", durable=True)
+    process = aio_process("aio_traced", shared.name, topology, str(DELAY_MS))
+    publish_message(Exchange(""), {"key": "job"}, routing_key=shared.name)
+    assert process.stdout is not None
+    # its span's ids once the copy is placed; it cancelled its consumer before, so
+    # the copy can only come back to the service, started once the process is gone
+    raised = json.loads(process.stdout.readline())
+    assert process.wait(timeout=10) == 0
+    seen: list[tuple[int, list[tuple[str, str]]]] = []
+
+    class Service:
+        name = "traced_service"
+        ctx = Traced()
+
+        @consume(shared)
+        def consume_aio_copy(self, job: dict[str, Any]) -> None:
+            links = retry_links(self.ctx.data)
+            seen.append(
+                (
+                    retries_done(self.ctx.data),
+                    [(trace_id(link.context), span_id(link.context)) for link in links],
+                )
+            )
+
+    config = {**rabbit_config, TOPOLOGY_CONFIG_KEY: topology}
+    container_factory(Service, config).start()
+
+    def exported() -> Any:
+        spans = [
+            span
+            for span in EXPORTER.get_finished_spans()
+            if span.name == "consume_aio_copy"
+        ]
+        assert len(spans) == 1, spans
+        return spans[0]
+
+    span = eventually(exported, timeout=15)
+    asyncio_span = (raised["trace_id"], raised["span_id"])
+    assert seen == [(1, [asyncio_span])]
+    assert [(trace_id(link.context), span_id(link.context)) for link in span.links] == [
+        asyncio_span
+    ]

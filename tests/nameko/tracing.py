@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 
 from aio_backoff.otel import retry_links
 
-__all__ = ["EXPORTER", "TRACER", "Traced", "WorkerContext", "span_id"]
+__all__ = ["EXPORTER", "TRACER", "Traced", "WorkerContext", "span_id", "trace_id"]
 
 EXPORTER = InMemorySpanExporter()
 _PROVIDER = TracerProvider()
@@ -36,6 +36,11 @@ TRACER = _PROVIDER.get_tracer("tests.nameko.tracing")
 def span_id(span_context: trace.SpanContext) -> str:
     """The 16 hex digits of a span id, as ``traceparent`` writes it."""
     return format(span_context.span_id, "016x")
+
+
+def trace_id(span_context: trace.SpanContext) -> str:
+    """The 32 hex digits of a trace id, as ``traceparent`` writes it."""
+    return format(span_context.trace_id, "032x")
 
 
 class WorkerContext(DependencyProvider):  # type: ignore[misc]
