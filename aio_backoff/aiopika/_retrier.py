@@ -23,6 +23,7 @@ from ..core._outcome import FailurePolicy
 from ..core._renames import UNSET, renamed
 from ..core._topology import DEFAULT_DELAY_EXCHANGE, DEFAULT_GRACE_MS, TopologyName
 from ._expiry import ExpiryAction, dead_letter_or_park
+from ._lifecycle import drain
 from ._policy import RetryPolicy
 from ._processing import Processing, name_of
 from ._publisher import (
@@ -241,17 +242,12 @@ class Retrier:
         for queue, tag in consumers:
             with contextlib.suppress(Exception):  # its channel may be gone already
                 await queue.cancel(tag)
-        pending = set(self._in_flight)
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        cancelled = await drain(self._in_flight, timeout)
+        if cancelled:
             log.warning(
                 "stopped with %r handlers still running after %r s; their messages "
                 "went back to their queues",
-                len(pending),
+                cancelled,
                 timeout,
             )
         await self.close()

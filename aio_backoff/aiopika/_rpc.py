@@ -42,6 +42,7 @@ from ..core._topology import (
 )
 from ._expiry import ExpiryAction, dead_letter_or_park
 from ._failures import CopyNotPlaced, failure_outcome
+from ._lifecycle import drain
 from ._policy import RetryPolicy
 from ._publisher import DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_TOPOLOGY, DelayedPublisher
 from ._settle import Delivery, Settling, requeue
@@ -329,25 +330,20 @@ class BackoffRPC(RPC):
         """Wait up to ``timeout`` s for the calls in flight, cancel the rest (each
         goes back to its queue) and wait for that too; then forget the methods."""
         current = asyncio.current_task()
-        pending = {task for task in self._in_flight if task is not current}
-        try:
-            if pending:
-                log.debug(
-                    "closing: waiting up to %r s for %r calls in flight",
-                    timeout,
-                    len(pending),
-                )
-                _, pending = await asyncio.wait(pending, timeout=timeout)
-        finally:  # also when the close itself is cancelled
-            for task in pending:
-                task.cancel()
+        pending = [task for task in self._in_flight if task is not current]
         if pending:
-            await asyncio.wait(pending, timeout=timeout)
+            log.debug(
+                "closing: waiting up to %r s for %r calls in flight",
+                timeout,
+                len(pending),
+            )
+        cancelled = await drain(pending, timeout)
+        if cancelled:
             log.warning(
                 "closed with %r calls still in flight after %r s: cancelled, each "
                 "back on its queue unacked (a parked or delayed copy published "
                 "without its confirm yet may be there too)",
-                len(pending),
+                cancelled,
                 timeout,
             )
         self.routes.clear()
