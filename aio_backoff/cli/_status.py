@@ -14,7 +14,7 @@ import argparse
 import datetime
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
@@ -101,11 +101,7 @@ class Copy:
 
     def document(self) -> dict[str, Any]:
         return {
-            "target": self.target,
-            "where": self.where,
-            "message_id": self.message_id,
-            "retries": self.retries,
-            "delay_ms": self.delay_ms,
+            **asdict(self),
             "due_after": _when(self.due_after),
             "due_by": _when(self.due_by),
         }
@@ -122,13 +118,7 @@ class Parked:
     parked_from: Any
 
     def document(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "message_id": self.message_id,
-            "retries": self.retries,
-            "reason": self.reason,
-            "parked_from": self.parked_from,
-        }
+        return asdict(self)
 
 
 @dataclass
