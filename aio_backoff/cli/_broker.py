@@ -42,6 +42,7 @@ __all__ = [
     "management_for",
     "management_url_for",
     "queue_size",
+    "quoted",
     "unreadable",
     "vhost_of",
 ]
@@ -171,7 +172,7 @@ class Management:
         """Every queue of ``vhost``: name, type, arguments, messages, policy."""
         try:
             answer: list[dict[str, Any]] = self.get(
-                f"queues/{_quoted(vhost)}",
+                f"queues/{quoted(vhost)}",
                 columns="name,type,arguments,messages,effective_policy_definition",
             )
         except CliError as error:
@@ -182,15 +183,21 @@ class Management:
             raise CliError(what, todo, Exit.UNKNOWN) from error
         return answer
 
+    def queue(self, vhost: str, name: str) -> dict[str, Any]:
+        """One queue of ``vhost``: its type, arguments, messages..."""
+        answer: dict[str, Any] = self.get(f"queues/{quoted(vhost)}/{quoted(name)}")
+        return answer
+
     def bindings_from(self, vhost: str, exchange: str) -> list[dict[str, Any]]:
         """The bindings whose source is ``exchange``."""
         answer: list[dict[str, Any]] = self.get(
-            f"exchanges/{_quoted(vhost)}/{_quoted(exchange)}/bindings/source"
+            f"exchanges/{quoted(vhost)}/{quoted(exchange)}/bindings/source"
         )
         return answer
 
 
-def _quoted(name: str) -> str:
+def quoted(name: str) -> str:
+    """``name`` as one segment of a management API path."""
     return urllib.parse.quote(name, safe="")
 
 

@@ -545,9 +545,7 @@ def queue_type(args: argparse.Namespace) -> str | None:
     management API; None when it does not answer (or is another broker's)."""
     try:
         management = management_for(args, timeout=5.0)
-        vhost = urllib.parse.quote(vhost_of(args.url), safe="")
-        queue = urllib.parse.quote(args.parked_queue, safe="")
-        kind = management.get(f"queues/{vhost}/{queue}").get("type")
+        kind = management.queue(vhost_of(args.url), args.parked_queue).get("type")
     except CliError:
         return None
     return kind if isinstance(kind, str) else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import urllib.parse
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from ._broker import (
     connect,
     management_for,
     queue_size,
+    quoted,
     vhost_of,
 )
 from ._errors import Exit
@@ -236,7 +236,7 @@ async def _declared(
         return ladder_findings(queues, Ladder(args.delay_exchange, args.queue_type))
     types = {
         e["name"]: e.get("type")
-        for e in management.get(f"exchanges/{_q(vhost)}", columns="name,type")
+        for e in management.get(f"exchanges/{quoted(vhost)}", columns="name,type")
     }
     if args.delay_exchange not in types:
         return [
@@ -264,10 +264,6 @@ async def _declared(
             )
         )
     return found
-
-
-def _q(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
 
 
 async def _ladder_by_amqp(args: argparse.Namespace) -> list[Finding]:
