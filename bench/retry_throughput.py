@@ -409,40 +409,23 @@ async def main(argv: list[str] | None = None) -> int:
             f"median {name:>7s} {medians[name]:6.0f} msg/s "
             f"({cpu[name]:4.0f} us CPU/msg)"
         )
-    if "raw" in results and "library" in results:
-        # each round's figures were taken back to back, under the same load
-        paired = statistics.median(
-            lib.rate / raw.rate
-            for lib, raw in zip(results["library"], results["raw"], strict=True)
-        )
-        print(
-            f"ratio library/raw {medians['library'] / medians['raw']:.3f} "
-            f"(target >= 0.9); median of the rounds' ratios {paired:.3f}; "
-            f"CPU per message library/raw {cpu['library'] / cpu['raw']:.3f}"
-        )
-    if "baseline" in results and "library" in results:
-        paired = statistics.median(
-            lib.rate / base.rate
-            for lib, base in zip(results["library"], results["baseline"], strict=True)
-        )
-        print(
-            f"ratio library/baseline {medians['library'] / medians['baseline']:.3f} "
-            f"(hooks, nothing listening; target within 0.98..1.02); median of the "
-            f"rounds' ratios {paired:.3f}; CPU per message library/baseline "
-            f"{cpu['library'] / cpu['baseline']:.3f}"
-        )
-    if "listening" in results and "library" in results:
-        paired = statistics.median(
-            hooked.rate / lib.rate
-            for hooked, lib in zip(
-                results["listening"], results["library"], strict=True
+    # each round's figures were taken back to back, under the same load
+    for side, against, what in (
+        ("library", "raw", "(target >= 0.9)"),
+        ("library", "baseline", "(hooks, nothing listening; target within 0.98..1.02)"),
+        ("listening", "library", ""),
+    ):
+        if side in results and against in results:
+            paired = statistics.median(
+                one.rate / other.rate
+                for one, other in zip(results[side], results[against], strict=True)
             )
-        )
-        print(
-            f"ratio listening/library {medians['listening'] / medians['library']:.3f}; "
-            f"median of the rounds' ratios {paired:.3f}; CPU per message "
-            f"listening/library {cpu['listening'] / cpu['library']:.3f}"
-        )
+            print(
+                f"ratio {side}/{against} {medians[side] / medians[against]:.3f}"
+                f"{' ' + what if what else ''}; median of the rounds' ratios "
+                f"{paired:.3f}; CPU per message {side}/{against} "
+                f"{cpu[side] / cpu[against]:.3f}"
+            )
     return 0
 
 
