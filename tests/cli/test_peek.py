@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_backoff import Ladder
 from aio_backoff.cli._broker import look
 from tests.cli.conftest import (
+    LEVEL,
     Cli,
     back_to,
     put_ladder_copy,
@@ -22,9 +23,6 @@ from tests.cli.conftest import (
 )
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
-
-LEVEL = 21
-"""A level whose wait (35 minutes) outlasts any test."""
 
 
 def unlimited_quorum(broker: Any) -> dict[str, Any]:
