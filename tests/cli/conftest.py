@@ -43,6 +43,10 @@ class Ran:
 
 Cli = Callable[..., Awaitable[Ran]]
 
+LEVEL = 21
+"""A ladder level whose wait (2**21 ms, 35 minutes) outlasts any test: a copy put
+there stays put."""
+
 
 def broker_options(broker: brokers.Broker) -> list[str]:
     """``--url`` and ``--management-url`` of the broker under test."""

@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_backoff import Ladder
 from aio_backoff.cli._broker import look
 from tests.cli.conftest import (
+    LEVEL,
     Cli,
     back_to,
     put_ladder_copy,
@@ -23,9 +24,6 @@ from tests.cli.conftest import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
-LEVEL = 21
-"""A level whose wait (35 minutes) outlasts any test."""
-
 
 def unlimited_quorum(broker: Any) -> dict[str, Any]:
     """A quorum queue without a delivery limit (4.x has 20 unless told -1)."""
@@ -33,6 +31,23 @@ def unlimited_quorum(broker: Any) -> dict[str, Any]:
     if broker.major >= 4:
         arguments["x-delivery-limit"] = -1
     return arguments
+
+
+async def dead_lettering(
+    channel: AbstractChannel, name: str, to: str, arguments: dict[str, Any]
+) -> None:
+    """Queues ``to`` and ``name`` (durable), ``name`` with ``arguments`` and
+    dead-lettering to ``to`` through the default exchange."""
+    await channel.declare_queue(to, durable=True)
+    await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={
+            **arguments,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": to,
+        },
+    )
 
 
 async def test_copies_and_parked_messages_of_one_queue(
@@ -122,16 +137,8 @@ async def test_a_channel_close_counts_toward_a_quorum_delivery_limit(
     the channel is dead-lettered past the limit, as if it had been rejected."""
     name = declared.queue(unique_name("q"))
     dead = declared.queue(unique_name("dead"))
-    await channel.declare_queue(dead, durable=True)
-    await channel.declare_queue(
-        name,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": 1,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": dead,
-        },
+    await dead_lettering(
+        channel, name, dead, {"x-queue-type": "quorum", "x-delivery-limit": 1}
     )
     await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=name)
     for _ in range(2):
@@ -184,16 +191,7 @@ async def test_what_a_look_does_to_the_redelivered_flag_of_a_copy_at_its_target(
     the dead-lettered copy arrives at its target with the flag set (docs/cli.md)."""
     target = declared.queue(unique_name("orders"))
     waiting = declared.queue(unique_name("delay"))
-    await channel.declare_queue(target, durable=True)
-    await channel.declare_queue(
-        waiting,
-        durable=True,
-        arguments={
-            "x-message-ttl": 300,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": target,
-        },
-    )
+    await dead_lettering(channel, waiting, target, {"x-message-ttl": 300})
     await channel.default_exchange.publish(
         aio_pika.Message(b"copy", message_id="copy-1"), routing_key=waiting
     )

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -18,12 +18,12 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from aio_backoff import RETRIES_HEADER, Backoff, retries_done
-from aio_backoff.cli import main
 from aio_backoff.cli._errors import Exit
 from aio_backoff.cli._replay import BATCH, Progress, replayed_headers
 from tests import brokers
 from tests.aio.retrying import fast_backoff, get_one, make_retrier, target
 from tests.aio_fixtures import channel, connection, declared, unique_name
+from tests.cli.conftest import Cli
 from tests.waiting import wait_until_true
 
 __all__ = ["channel", "connection", "declared", "make_retrier", "target", "unique_name"]
@@ -31,7 +31,6 @@ __all__ = ["channel", "connection", "declared", "make_retrier", "target", "uniqu
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
 URL = brokers.current().amqp_url
-API = brokers.current().api_url
 PARKED_HEADERS = {
     "backoff-error": "Backoff aborted after '3' retries (~0 seconds)",
     RETRIES_HEADER: 3,
@@ -50,19 +49,20 @@ PARKED_HEADERS = {
 }
 
 
-def replay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``aio-backoff replay ARGV --url URL`` in this process: (code, out, err).
-
-    ``main`` runs its own event loop, so this runs it in a thread."""
-    code = main(["replay", *argv, "--url", URL, "--management-url", API])
-    out, err = capsys.readouterr()
-    return code, out, err
+Replay = Callable[..., Awaitable[tuple[int, str, str]]]
 
 
-async def areplay(
-    capsys: pytest.CaptureFixture[str], *argv: str
-) -> tuple[int, str, str]:
-    return await asyncio.to_thread(replay, capsys, *argv)
+@pytest.fixture
+def areplay(cli: Cli) -> Replay:
+    """``await areplay(*argv)``: ``aio-backoff replay ARGV`` through ``cli`` (in this
+    process, the broker under test's options appended unless ``with_broker=False``):
+    (code, out, err)."""
+
+    async def run(*argv: str, with_broker: bool = True) -> tuple[int, str, str]:
+        ran = await cli("replay", *argv, with_broker=with_broker)
+        return ran.code, ran.out, ran.err
+
+    return run
 
 
 async def park(
@@ -122,11 +122,11 @@ async def settles_at(channel: AbstractChannel, name: str, expected: int) -> None
 async def test_replays_to_the_original_queue_in_order_without_the_parking_headers(
     channel: AbstractChannel,
     target: AbstractQueue,
-    capsys: pytest.CaptureFixture[str],
+    areplay: Replay,
 ) -> None:
     parked = await park(channel, target.name, 3)
 
-    code, out, _ = await areplay(capsys, parked)
+    code, out, _ = await areplay(parked)
 
     assert code == 0
     assert out.startswith(
@@ -149,12 +149,12 @@ async def test_replays_to_the_original_queue_in_order_without_the_parking_header
 async def test_reset_count_clears_every_header_that_counts(
     channel: AbstractChannel,
     target: AbstractQueue,
-    capsys: pytest.CaptureFixture[str],
+    areplay: Replay,
 ) -> None:
     parked = await park(channel, target.name, 1)
     assert retries_done(PARKED_HEADERS) == 5  # x-death's count is the larger
 
-    code, out, _ = await areplay(capsys, parked, "--reset-count")
+    code, out, _ = await areplay(parked, "--reset-count")
 
     assert code == 0
     assert "(retry count reset)" in out
@@ -179,7 +179,7 @@ async def test_a_parked_message_replayed_with_reset_gets_its_retries_again(
     channel: AbstractChannel,
     target: AbstractQueue,
     make_retrier: Callable[..., Any],
-    capsys: pytest.CaptureFixture[str],
+    areplay: Replay,
 ) -> None:
     """Parked by the library itself after its one retry: replayed without
     --reset-count it expires again at its first Backoff; with it, it is retried."""
@@ -199,12 +199,12 @@ async def test_a_parked_message_replayed_with_reset_gets_its_retries_again(
         await backoff_once()  # parked
     assert await count(channel, parked) == 1
 
-    assert (await areplay(capsys, parked))[0] == 0
+    assert (await areplay(parked))[0] == 0
     with pytest.raises(Backoff.Expired):
         await backoff_once()  # expired again at once, parked again
     assert await count(channel, parked) == 1
 
-    assert (await areplay(capsys, parked, "--reset-count"))[0] == 0
+    assert (await areplay(parked, "--reset-count"))[0] == 0
     await backoff_once()  # a retry is placed: no Expired
     assert await count(channel, parked) == 0
     # and it comes back, counted from zero (taken here, so that no copy is left in
@@ -219,14 +219,14 @@ async def test_to_limit_and_dry_run(
     target: AbstractQueue,
     declared: Any,
     unique_name: Callable[[str], str],
-    capsys: pytest.CaptureFixture[str],
+    areplay: Replay,
 ) -> None:
     parked = await park(channel, target.name, 5)
     other = await channel.declare_queue(
         declared.queue(unique_name("other")), durable=True
     )
 
-    code, out, _ = await areplay(capsys, parked, "--dry-run", "--limit", "4")
+    code, out, _ = await areplay(parked, "--dry-run", "--limit", "4")
     assert code == 0
     assert out.splitlines()[0] == (
         f"dry run: would replay 4 message(s) from {parked!r} (retry count kept); "
@@ -237,12 +237,12 @@ async def test_to_limit_and_dry_run(
     assert await count(channel, parked) == 5
     assert await count(channel, target.name) == 0
 
-    code, out, _ = await areplay(capsys, parked, "--to", other.name, "--limit", "2")
+    code, out, _ = await areplay(parked, "--to", other.name, "--limit", "2")
     assert code == 0
     assert [m.body for m in await drain(other)] == [b"0", b"1"]
     assert await count(channel, parked) == 3
 
-    code, out, _ = await areplay(capsys, parked, "--json")
+    code, out, _ = await areplay(parked, "--json")
     document = json.loads(out)
     assert document["messages"] == 3
     assert document["targets"] == {target.name: 3}
@@ -255,16 +255,16 @@ async def test_errors_say_what_and_what_to_do(
     target: AbstractQueue,
     declared: Any,
     unique_name: Callable[[str], str],
-    capsys: pytest.CaptureFixture[str],
+    areplay: Replay,
 ) -> None:
     parked = await park(channel, target.name, 2)
     missing = unique_name("missing")
 
-    code, _, err = await areplay(capsys, f"{missing}.parked")
+    code, _, err = await areplay(f"{missing}.parked")
     assert code == Exit.UNKNOWN
     assert f"there is no queue '{missing}.parked'" in err
 
-    code, _, err = await areplay(capsys, parked, "--to", missing)
+    code, _, err = await areplay(parked, "--to", missing)
     assert code == Exit.UNKNOWN
     assert f"there is no queue '{missing}'" in err
     assert "--to" in err
@@ -272,7 +272,7 @@ async def test_errors_say_what_and_what_to_do(
     # a parked message whose queue is gone
     gone = declared.queue(unique_name("gone"))
     orphans = await park(channel, gone, 1)
-    code, _, err = await areplay(capsys, orphans)
+    code, _, err = await areplay(orphans)
     assert code == Exit.UNKNOWN
     assert "Declare it (start its consumer) or replay elsewhere with --to" in err
     await settles_at(channel, orphans, 1)  # nothing lost
@@ -281,24 +281,19 @@ async def test_errors_say_what_and_what_to_do(
     odd = declared.queue(unique_name("odd"))
     await channel.declare_queue(odd, durable=True)
     await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=odd)
-    code, _, err = await areplay(capsys, odd)
+    code, _, err = await areplay(odd)
     assert code == Exit.USAGE
     assert "Say where with --to QUEUE" in err
     await settles_at(channel, odd, 1)
 
-    code, _, err = await asyncio.to_thread(
-        lambda: (
-            main(["replay", parked, "--url", "amqp://guest:guest@127.0.0.1:1/"]),
-            *capsys.readouterr(),
-        )
+    code, _, err = await areplay(
+        parked, "--url", "amqp://guest:guest@127.0.0.1:1/", with_broker=False
     )
     assert code == Exit.UNREACHABLE
     assert "no broker answers at amqp://127.0.0.1:1/" in err
 
     wrong = URL.replace("guest:guest", "guest:wrong")
-    code, _, err = await asyncio.to_thread(
-        lambda: (main(["replay", parked, "--url", wrong]), *capsys.readouterr())
-    )
+    code, _, err = await areplay(parked, "--url", wrong, with_broker=False)
     assert code == Exit.ACCESS
     assert "refused the credentials" in err
     assert await count(channel, parked) == 2
@@ -308,7 +303,7 @@ async def test_limit_delivers_no_message_it_does_not_move(
     channel: AbstractChannel,
     target: AbstractQueue,
     declared: Any,
-    capsys: pytest.CaptureFixture[str],
+    areplay: Replay,
 ) -> None:
     """A quorum parking queue with a delivery limit of 1 drops a message returned
     twice: replays with --limit must return none (past BATCH, so the consumer's
@@ -317,10 +312,10 @@ async def test_limit_delivers_no_message_it_does_not_move(
     parked = await park(channel, target.name, 3 * BATCH, arguments=quorum)
 
     for limit in (BATCH + 7, BATCH + 7, 5):
-        code, out, _ = await areplay(capsys, parked, "--limit", str(limit))
+        code, out, _ = await areplay(parked, "--limit", str(limit))
         assert code == 0
         assert out.startswith(f"replayed {limit} message(s)")
-    code, out, _ = await areplay(capsys, parked)
+    code, out, _ = await areplay(parked)
     assert out.startswith(f"replayed {3 * BATCH - 2 * (BATCH + 7) - 5} message(s)")
 
     bodies = [m.body for m in await drain(target)]
@@ -331,13 +326,13 @@ async def test_limit_delivers_no_message_it_does_not_move(
 async def test_dry_run_reads_no_message_of_a_quorum_queue(
     channel: AbstractChannel,
     target: AbstractQueue,
-    capsys: pytest.CaptureFixture[str],
+    areplay: Replay,
 ) -> None:
     quorum = {"x-queue-type": "quorum", "x-delivery-limit": 1}
     parked = await park(channel, target.name, 3, arguments=quorum)
 
     for _ in range(3):
-        code, out, _ = await areplay(capsys, parked, "--dry-run")
+        code, out, _ = await areplay(parked, "--dry-run")
         assert code == 0
         lines = out.splitlines()
         assert lines[0].startswith(
@@ -352,16 +347,13 @@ async def test_dry_run_reads_no_message_of_a_quorum_queue(
 
     # without the management API the type is unknown: nothing is read either
     no_api = ["--management-url", "http://guest:guest@127.0.0.1:1"]
-    code, out, _ = await asyncio.to_thread(
-        lambda: (
-            main(["replay", parked, "--dry-run", "--url", URL, *no_api]),
-            *capsys.readouterr(),
-        )
+    code, out, _ = await areplay(
+        parked, "--dry-run", "--url", URL, *no_api, with_broker=False
     )
     assert code == 0
     assert "the management API did not answer" in out
     assert await count(channel, parked) == 3
-    assert (await areplay(capsys, parked))[0] == 0
+    assert (await areplay(parked))[0] == 0
     assert [m.body for m in await drain(target)] == [b"0", b"1", b"2"]
 
 
@@ -370,7 +362,7 @@ async def test_a_copy_the_broker_refuses_stays_parked(
     target: AbstractQueue,
     declared: Any,
     unique_name: Callable[[str], str],
-    capsys: pytest.CaptureFixture[str],
+    areplay: Replay,
 ) -> None:
     parked = await park(channel, target.name, 3)
     full = declared.queue(unique_name("full"))
@@ -380,7 +372,7 @@ async def test_a_copy_the_broker_refuses_stays_parked(
         arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
     )
 
-    code, _, err = await areplay(capsys, parked, "--to", full)
+    code, _, err = await areplay(parked, "--to", full)
 
     assert code == Exit.UNREACHABLE
     assert f"2 message(s) could not be published to {full!r}: the broker " in err
@@ -443,7 +435,8 @@ async def park_many(connection: AbstractConnection, queue: str) -> str:
     return parked
 
 
-async def cli(*argv: str) -> asyncio.subprocess.Process:
+async def spawn(*argv: str) -> asyncio.subprocess.Process:
+    """``aio-backoff ARGV --url URL`` as a subprocess of its own."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -500,7 +493,7 @@ async def test_a_killed_replay_loses_nothing_and_a_second_one_finishes(
     in_both = set(arrived) & parked_ids
     assert len(in_both) <= BATCH
 
-    process = await cli("replay", parked, "--json")
+    process = await spawn("replay", parked, "--json")
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
     # at least what was seen parked (the broker may requeue what the killed
@@ -526,7 +519,7 @@ async def replay_until_a_fifth_arrived(
 ) -> asyncio.subprocess.Process:
     """``aio-backoff replay PARKED`` as a subprocess, once ``MANY // 5`` messages
     are in ``target``."""
-    process = await cli("replay", parked)
+    process = await spawn("replay", parked)
 
     async def under_way() -> bool:
         return await count(channel, target) >= MANY // 5
@@ -561,7 +554,7 @@ async def test_ctrl_c_stops_after_the_batch_and_says_how_far_it_got(
     # it stopped after a batch: all it moved is acked, none is in two places
     assert await count(channel, parked) == MANY - moved
 
-    process = await cli("replay", parked, "--json")
+    process = await spawn("replay", parked, "--json")
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
     assert json.loads(out)["messages"] == MANY - moved  # none in two places

@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from aio_backoff import Ladder
 from tests.cli.conftest import (
+    LEVEL,
     Cli,
     back_to,
     put_ladder_copy,
@@ -22,8 +23,24 @@ from tests.cli.conftest import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
-LEVEL = 21
-"""A level whose wait (2**21 ms, 35 minutes) outlasts any test."""
+
+async def one_copy_waiting(
+    channel: AbstractChannel,
+    declared: Any,
+    unique_name: Callable[[str], str],
+    queue_type: str = "classic",
+    *,
+    extra_arguments: dict[str, Any] | None = None,
+) -> tuple[str, Ladder]:
+    """A target queue's name and a ``queue_type`` ladder (its level ``LEVEL`` with
+    ``extra_arguments`` too) with one copy for it in that level, due in 2**LEVEL ms."""
+    target = unique_name("orders")
+    ladder = Ladder(unique_name("dx"), queue_type)
+    await put_ladder_copy(
+        channel, declared, ladder, LEVEL, 2**LEVEL, target,
+        extra_arguments=extra_arguments,
+    )  # fmt: skip
+    return target, ladder
 
 
 async def test_copies_per_target_and_parked_per_queue(
@@ -71,9 +88,7 @@ async def test_the_table_names_the_target_and_where_its_copies_wait(
     declared: Any,
     unique_name: Callable[[str], str],
 ) -> None:
-    target = unique_name("orders")
-    ladder = Ladder(unique_name("dx"), "classic")
-    await put_ladder_copy(channel, declared, ladder, LEVEL, 2**LEVEL, target)
+    target, ladder = await one_copy_waiting(channel, declared, unique_name)
     ran = await cli("status", "--delay-exchange", ladder.delay_exchange)
     assert ran.code == 0, ran.err
     line = next(line for line in ran.out.splitlines() if line.startswith(target))
@@ -91,10 +106,8 @@ async def test_a_quorum_level_with_a_delivery_limit_is_counted_not_read(
     """Reading would count toward the limit: three runs with a limit of 1 would
     have dead-lettered the copy (to a level exchange that does not exist here, so
     it would be gone)."""
-    target = unique_name("orders")
-    ladder = Ladder(unique_name("dx"), "quorum")
-    await put_ladder_copy(
-        channel, declared, ladder, LEVEL, 2**LEVEL, target,
+    target, ladder = await one_copy_waiting(
+        channel, declared, unique_name, "quorum",
         extra_arguments={"x-delivery-limit": 1},
     )  # fmt: skip
     for _ in range(3):
@@ -112,9 +125,7 @@ async def test_without_management_the_ladder_is_read_over_amqp(
     declared: Any,
     unique_name: Callable[[str], str],
 ) -> None:
-    target = unique_name("orders")
-    ladder = Ladder(unique_name("dx"), "classic")
-    await put_ladder_copy(channel, declared, ladder, LEVEL, 2**LEVEL, target)
+    _, ladder = await one_copy_waiting(channel, declared, unique_name)
     ran = await cli(
         "status", "--json", "--delay-exchange", ladder.delay_exchange,
         "--url", broker.amqp_url, "--management-url", "http://127.0.0.1:1",
@@ -169,9 +180,7 @@ async def test_a_quorum_ladder_level_as_declared_is_read_only_on_3x(
 ) -> None:
     """A quorum level with the ladder's own arguments: no delivery limit on 3.x,
     where status reads it; the default limit of 20 on 4.x, where it is counted."""
-    target = unique_name("orders")
-    ladder = Ladder(unique_name("dx"), "quorum")
-    await put_ladder_copy(channel, declared, ladder, LEVEL, 2**LEVEL, target)
+    target, ladder = await one_copy_waiting(channel, declared, unique_name, "quorum")
     ran = await cli("status", "--json", "--delay-exchange", ladder.delay_exchange)
     assert ran.code == 0, ran.err
     read = {row["queue"]: row["waiting"] for row in ran.json()["targets"]}
