@@ -25,19 +25,41 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 Fast = fast_backoff((20,), limit=3)
 
 
+@pytest.fixture
+async def rabbit() -> AsyncIterator[RabbitBroker]:
+    """A FastStream broker of the test broker, stopped after the test."""
+    broker = RabbitBroker(brokers.current().amqp_url)
+    yield broker
+    await broker.stop()
+
+
 @contextlib.asynccontextmanager
 async def running(
-    broker: RabbitBroker, middleware: BackoffMiddleware
+    rabbit: RabbitBroker, middleware: BackoffMiddleware
 ) -> AsyncIterator[FastStream]:
-    """A FastStream app of ``broker``, started and stopped around the block."""
+    """A FastStream app of ``rabbit``, started and stopped around the block."""
     app = FastStream(
-        broker, on_startup=[middleware.start], after_shutdown=[middleware.stop]
+        rabbit, on_startup=[middleware.start], after_shutdown=[middleware.stop]
     )
     await app.start()
     try:
         yield app
     finally:
         await app.stop()
+
+
+async def publish_until(
+    rabbit: RabbitBroker,
+    middleware: BackoffMiddleware,
+    queue: str,
+    done: Callable[[], bool],
+    what: str,
+    body: str = "x",
+) -> None:
+    """Publish ``body`` to ``queue`` on a running app; return once ``done()``."""
+    async with running(rabbit, middleware):
+        await rabbit.publish(body, queue)
+        await wait_until(done, what=what)
 
 
 async def get_all(connection: AbstractRobustConnection, queue: str) -> list[Any]:
@@ -55,22 +77,26 @@ async def get_all(connection: AbstractRobustConnection, queue: str) -> list[Any]
 
 
 async def test_a_backoff_comes_back_with_its_count(
-    declared: Any, unique_name: Callable[[str], str]
+    declared: Any, unique_name: Callable[[str], str], rabbit: RabbitBroker
 ) -> None:
     queue = declared.queue(unique_name("orders"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast)
+    middleware = BackoffMiddleware(rabbit, backoff=Fast)
     seen: list[Any] = []
 
-    @broker.subscriber(queue)
+    @rabbit.subscriber(queue)
     async def handle(body: str, message: RabbitMessage) -> None:
         seen.append((body, message.headers.get("backoff-retries")))
         if len(seen) < 3:
             raise Backoff
 
-    async with running(broker, middleware):
-        await broker.publish("hello", queue)
-        await wait_until(lambda: len(seen) == 3, what="three deliveries")
+    await publish_until(
+        rabbit,
+        middleware,
+        queue,
+        lambda: len(seen) == 3,
+        what="three deliveries",
+        body="hello",
+    )
 
     assert seen == [("hello", None), ("hello", 1), ("hello", 2)]
 
@@ -79,21 +105,21 @@ async def test_retry_for_and_expiry_runs_the_final_action(
     declared: Any,
     unique_name: Callable[[str], str],
     connection: AbstractRobustConnection,
+    rabbit: RabbitBroker,
 ) -> None:
     queue = declared.queue(unique_name("orders"))
-    broker = RabbitBroker(brokers.current().amqp_url)
     middleware = BackoffMiddleware(
-        broker, backoff=fast_backoff((20,), limit=2), retry_for=[TimeoutError]
+        rabbit, backoff=fast_backoff((20,), limit=2), retry_for=[TimeoutError]
     )
     seen: list[Any] = []
 
-    @broker.subscriber(queue)
+    @rabbit.subscriber(queue)
     async def handle(message: RabbitMessage) -> None:
         seen.append(message.headers.get("backoff-retries"))
         raise TimeoutError
 
-    async with running(broker, middleware):
-        await broker.publish("x", queue)
+    async with running(rabbit, middleware):
+        await rabbit.publish("x", queue)
         await wait_until(lambda: len(seen) == 3, what="three deliveries")
         parked: list[Any] = []
 
@@ -113,14 +139,14 @@ async def test_interop_with_a_retrier_on_the_same_queue(
     declared: Any,
     unique_name: Callable[[str], str],
     channel: AbstractChannel,
+    rabbit: RabbitBroker,
 ) -> None:
     """A copy placed by FastStream is counted on by a Retrier, and back again."""
     queue = declared.queue(unique_name("shared"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=fast_backoff((20,), limit=10))
+    middleware = BackoffMiddleware(rabbit, backoff=fast_backoff((20,), limit=10))
     seen: list[Any] = []
 
-    @broker.subscriber(queue)
+    @rabbit.subscriber(queue)
     async def handle(message: RabbitMessage) -> None:
         seen.append(("faststream", message.headers.get("backoff-retries")))
         raise Backoff
@@ -131,10 +157,10 @@ async def test_interop_with_a_retrier_on_the_same_queue(
         seen.append(("retrier", (message.headers or {}).get("backoff-retries")))
         raise Backoff
 
-    async with running(broker, middleware):
+    async with running(rabbit, middleware):
         aio_queue = await channel.get_queue(queue)
         await retrier.consume(aio_queue, plain)
-        await broker.publish("x", queue)
+        await rabbit.publish("x", queue)
         await wait_until(
             lambda: {who for who, _ in seen} == {"faststream", "retrier"},
             what="both consumers",
@@ -146,36 +172,35 @@ async def test_interop_with_a_retrier_on_the_same_queue(
 
 
 async def test_a_publish_before_backoff_is_kept_and_the_copy_is_the_original(
-    declared: Any, unique_name: Callable[[str], str]
+    declared: Any, unique_name: Callable[[str], str], rabbit: RabbitBroker
 ) -> None:
     queue = declared.queue(unique_name("in"))
     side = declared.queue(unique_name("side"))
     out = declared.queue(unique_name("out"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast)
+    middleware = BackoffMiddleware(rabbit, backoff=Fast)
     seen: list[Any] = []
     side_effects: list[str] = []
     results: list[str] = []
 
-    @broker.subscriber(queue)
-    @broker.publisher(out)
+    @rabbit.subscriber(queue)
+    @rabbit.publisher(out)
     async def handle(body: str, message: RabbitMessage) -> str:
         seen.append((body, message.headers.get("backoff-retries")))
-        await broker.publish(f"side effect {len(seen)}", side)
+        await rabbit.publish(f"side effect {len(seen)}", side)
         if len(seen) < 2:
             raise Backoff
         return f"result of {body}"
 
-    @broker.subscriber(side)
+    @rabbit.subscriber(side)
     async def on_side(body: str) -> None:
         side_effects.append(body)
 
-    @broker.subscriber(out)
+    @rabbit.subscriber(out)
     async def on_result(body: str) -> None:
         results.append(body)
 
-    async with running(broker, middleware):
-        await broker.publish("original", queue)
+    async with running(rabbit, middleware):
+        await rabbit.publish("original", queue)
         await wait_until(lambda: len(results) == 1, what="the handler's result")
         await wait_until(lambda: len(side_effects) == 2, what="both side effects")
 
@@ -186,31 +211,28 @@ async def test_a_publish_before_backoff_is_kept_and_the_copy_is_the_original(
 
 
 async def test_ack_first_is_refused_at_startup(
-    declared: Any, unique_name: Callable[[str], str]
+    declared: Any, unique_name: Callable[[str], str], rabbit: RabbitBroker
 ) -> None:
     queue = declared.queue(unique_name("eager"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast)
+    middleware = BackoffMiddleware(rabbit, backoff=Fast)
 
-    @broker.subscriber(queue, ack_policy=AckPolicy.ACK_FIRST)
+    @rabbit.subscriber(queue, ack_policy=AckPolicy.ACK_FIRST)
     async def handle(body: str) -> None:
         raise Backoff
 
     with pytest.raises(BackoffConfigError, match=r"ACK_FIRST.*lost"):
         await middleware.start()
-    await broker.stop()
 
 
 async def test_other_errors_follow_the_ack_policy(
-    declared: Any, unique_name: Callable[[str], str]
+    declared: Any, unique_name: Callable[[str], str], rabbit: RabbitBroker
 ) -> None:
     """NACK_ON_ERROR: a ValueError is FastStream's to settle (requeued, no count)."""
     queue = declared.queue(unique_name("nack"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast)
+    middleware = BackoffMiddleware(rabbit, backoff=Fast)
     seen: list[Any] = []
 
-    @broker.subscriber(queue, ack_policy=AckPolicy.NACK_ON_ERROR)
+    @rabbit.subscriber(queue, ack_policy=AckPolicy.NACK_ON_ERROR)
     async def handle(message: RabbitMessage) -> None:
         seen.append(
             (message.headers.get("backoff-retries"), message.raw_message.redelivered)
@@ -218,9 +240,9 @@ async def test_other_errors_follow_the_ack_policy(
         if len(seen) < 2:
             raise ValueError("not ours to retry")
 
-    async with running(broker, middleware):
-        await broker.publish("x", queue)
-        await wait_until(lambda: len(seen) == 2, what="the requeued delivery")
+    await publish_until(
+        rabbit, middleware, queue, lambda: len(seen) == 2, what="the requeued delivery"
+    )
 
     assert seen == [(None, False), (None, True)]
 
@@ -229,24 +251,24 @@ async def test_manual_ack_policy_gets_its_original_acked_on_backoff(
     declared: Any,
     unique_name: Callable[[str], str],
     connection: AbstractRobustConnection,
+    rabbit: RabbitBroker,
 ) -> None:
     """MANUAL: success is the handler's to ack; a Backoff's original is acked by the
     middleware once its copy is placed (else it would come back twice)."""
     queue = declared.queue(unique_name("manual"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast)
+    middleware = BackoffMiddleware(rabbit, backoff=Fast)
     seen: list[Any] = []
 
-    @broker.subscriber(queue, ack_policy=AckPolicy.MANUAL)
+    @rabbit.subscriber(queue, ack_policy=AckPolicy.MANUAL)
     async def handle(message: RabbitMessage) -> None:
         seen.append(message.headers.get("backoff-retries"))
         if len(seen) < 2:
             raise Backoff
         await message.ack()
 
-    async with running(broker, middleware):
-        await broker.publish("x", queue)
-        await wait_until(lambda: len(seen) == 2, what="the retry")
+    await publish_until(
+        rabbit, middleware, queue, lambda: len(seen) == 2, what="the retry"
+    )
 
     # after the app stopped, an unacked message would be back on the queue
     assert await get_all(connection, queue) == []
@@ -254,24 +276,23 @@ async def test_manual_ack_policy_gets_its_original_acked_on_backoff(
 
 
 async def test_without_start_the_first_message_starts_it(
-    declared: Any, unique_name: Callable[[str], str]
+    declared: Any, unique_name: Callable[[str], str], rabbit: RabbitBroker
 ) -> None:
     queue = declared.queue(unique_name("lazy"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast)
+    middleware = BackoffMiddleware(rabbit, backoff=Fast)
     seen: list[Any] = []
 
-    @broker.subscriber(queue)
+    @rabbit.subscriber(queue)
     async def handle(message: RabbitMessage) -> None:
         seen.append(message.headers.get("backoff-retries"))
         if len(seen) < 2:
             raise Backoff
 
-    app = FastStream(broker)  # no hooks
+    app = FastStream(rabbit)  # no hooks
     await app.start()
     try:
         assert not middleware.started
-        await broker.publish("x", queue)
+        await rabbit.publish("x", queue)
         await wait_until(lambda: len(seen) == 2, what="the retry")
         assert middleware.started
     finally:
@@ -282,12 +303,11 @@ async def test_without_start_the_first_message_starts_it(
 
 
 async def test_a_queue_the_ladder_cannot_return_to_is_refused_at_startup(
-    unique_name: Callable[[str], str],
+    unique_name: Callable[[str], str], rabbit: RabbitBroker
 ) -> None:
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast)
+    middleware = BackoffMiddleware(rabbit, backoff=Fast)
 
-    @broker.subscriber(unique_name("orders") + ".#")
+    @rabbit.subscriber(unique_name("orders") + ".#")
     async def handle(body: str) -> None:
         raise Backoff
 
@@ -296,22 +316,19 @@ async def test_a_queue_the_ladder_cannot_return_to_is_refused_at_startup(
     with pytest.raises(ValueError, match="#"):
         await middleware.start()
     assert not middleware.started
-    await broker.stop()
 
 
 async def test_an_exclusive_queue_is_refused_with_the_ladder(
-    unique_name: Callable[[str], str],
+    unique_name: Callable[[str], str], rabbit: RabbitBroker
 ) -> None:
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast)
+    middleware = BackoffMiddleware(rabbit, backoff=Fast)
 
-    @broker.subscriber(RabbitQueue(unique_name("mine"), exclusive=True))
+    @rabbit.subscriber(RabbitQueue(unique_name("mine"), exclusive=True))
     async def handle(body: str) -> None:
         raise Backoff
 
     with pytest.raises(ValueError, match=r"exclusive.*per-delay"):
         await middleware.start()
-    await broker.stop()
 
 
 async def test_expiry_dead_letters_when_the_subscribers_queue_has_a_dlx(
@@ -319,6 +336,7 @@ async def test_expiry_dead_letters_when_the_subscribers_queue_has_a_dlx(
     unique_name: Callable[[str], str],
     channel: AbstractChannel,
     connection: AbstractRobustConnection,
+    rabbit: RabbitBroker,
 ) -> None:
     """The default final action sees the queue's x-dead-letter-exchange (given in
     the subscriber's RabbitQueue) and dead-letters instead of parking."""
@@ -328,10 +346,9 @@ async def test_expiry_dead_letters_when_the_subscribers_queue_has_a_dlx(
     dead_queue = await channel.declare_queue(dead, durable=True)  # 4.3: no transient
     await dead_queue.bind(exchange)
     queue = declared.queue(unique_name("orders"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=fast_backoff((20,), limit=1))
+    middleware = BackoffMiddleware(rabbit, backoff=fast_backoff((20,), limit=1))
 
-    @broker.subscriber(
+    @rabbit.subscriber(
         RabbitQueue(queue, durable=True, arguments={"x-dead-letter-exchange": dlx})
     )
     async def handle(body: str) -> None:
@@ -343,8 +360,8 @@ async def test_expiry_dead_letters_when_the_subscribers_queue_has_a_dlx(
         dead_letters.extend(await get_all(connection, dead))
         return bool(dead_letters)
 
-    async with running(broker, middleware):
-        await broker.publish("x", queue)
+    async with running(rabbit, middleware):
+        await rabbit.publish("x", queue)
         await wait_until_true(dead_lettered, what="the dead-lettered message")
 
     assert [m.body for m in dead_letters] == [b"x"]
@@ -352,15 +369,14 @@ async def test_expiry_dead_letters_when_the_subscribers_queue_has_a_dlx(
 
 
 async def test_faststreams_own_exceptions_are_never_retried(
-    declared: Any, unique_name: Callable[[str], str]
+    declared: Any, unique_name: Callable[[str], str], rabbit: RabbitBroker
 ) -> None:
     """NackMessage is FastStream's control flow, even under retry_for=[Exception]."""
     queue = declared.queue(unique_name("nack"))
-    broker = RabbitBroker(brokers.current().amqp_url)
-    middleware = BackoffMiddleware(broker, backoff=Fast, retry_for=[Exception])
+    middleware = BackoffMiddleware(rabbit, backoff=Fast, retry_for=[Exception])
     seen: list[Any] = []
 
-    @broker.subscriber(queue)
+    @rabbit.subscriber(queue)
     async def handle(message: RabbitMessage) -> None:
         seen.append(
             (message.headers.get("backoff-retries"), message.raw_message.redelivered)
@@ -368,8 +384,8 @@ async def test_faststreams_own_exceptions_are_never_retried(
         if len(seen) < 2:
             raise NackMessage
 
-    async with running(broker, middleware):
-        await broker.publish("x", queue)
-        await wait_until(lambda: len(seen) == 2, what="the requeued delivery")
+    await publish_until(
+        rabbit, middleware, queue, lambda: len(seen) == 2, what="the requeued delivery"
+    )
 
     assert seen == [(None, False), (None, True)]

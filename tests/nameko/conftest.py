@@ -295,13 +295,18 @@ def wait_for_result(entrypoint_tracker: CallTracker) -> Callable[..., bool]:
     return callback
 
 
+def raised_expired(worker_ctx: Any, result: Any, exc_info: Any) -> bool:
+    """``entrypoint_waiter`` callback: done when the entrypoint raises Expired."""
+    return bool(exc_info and exc_info[0] is Backoff.Expired)
+
+
 @pytest.fixture
 def wait_for_backoff_expired(entrypoint_tracker: CallTracker) -> Callable[..., bool]:
-    """``entrypoint_waiter`` callback: done when the entrypoint raises Expired."""
+    """``raised_expired``, tracking each call in ``entrypoint_tracker``."""
 
     def callback(worker_ctx: Any, result: Any, exc_info: Any) -> bool:
         entrypoint_tracker.track(result=result, exc_info=exc_info)
-        return bool(exc_info and exc_info[0] is Backoff.Expired)
+        return raised_expired(worker_ctx, result, exc_info)
 
     return callback
 

@@ -14,6 +14,8 @@ from nameko_bridge import Backoff
 from nameko_bridge.backoff import HOOKS_CONFIG_KEY
 from nameko_bridge.messaging import consume
 
+from .conftest import raised_expired
+
 pytestmark = pytest.mark.timeout(30)
 
 SEEN: list[Any] = []
@@ -38,12 +40,9 @@ def test_the_bridge_tells_scheduled_came_back_and_expired(
     container = container_factory(Service, {**rabbit_config, HOOKS_CONFIG_KEY: hooks})
     container.start()
 
-    def expired(worker_ctx, result, exc_info):
-        return exc_info[0] is Backoff.Expired
-
     with (
         patch.object(Backoff, "limit", new=2),
-        entrypoint_waiter(container, "method", callback=expired) as result,
+        entrypoint_waiter(container, "method", callback=raised_expired) as result,
     ):
         publish_message(exchange, "msg", routing_key=queue.routing_key)
     with pytest.raises(Backoff.Expired):

@@ -13,7 +13,7 @@ import aio_backoff
 from nameko_bridge import Backoff
 from nameko_bridge.messaging import Consumer, consume
 
-from .conftest import backoff_from_not_yet, backs_off
+from .conftest import backoff_from_not_yet, backs_off, raised_expired
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -177,10 +177,7 @@ def test_expired_message_can_be_parked(
 
     container = start_service(Service)
 
-    def expired(worker_ctx, result, exc_info):
-        return exc_info is not None and exc_info[0] is Backoff.Expired
-
-    with entrypoint_waiter(container, "handle", callback=expired):
+    with entrypoint_waiter(container, "handle", callback=raised_expired):
         publish_message(
             exchange, {"order": 7}, routing_key=queue.routing_key, priority=3
         )

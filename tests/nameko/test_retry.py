@@ -27,7 +27,7 @@ from nameko_bridge.constants import CALL_ID_STACK_HEADER_KEY
 from nameko_bridge.messaging import Consumer, consume
 from nameko_bridge.rpc import rpc
 
-from .conftest import bridge_records, eventually
+from .conftest import bridge_records, eventually, raised_expired
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -203,16 +203,13 @@ class TestTopology:
         redeclare-on-return fallback, which logs it."""
         delays = [50, 50, 50]
 
-        def expired(worker_ctx, result, exc_info):
-            return exc_info is not None and exc_info[0] is Backoff.Expired
-
         with (
             caplog.at_level(logging.WARNING, logger="nameko_bridge"),
             patch.object(nameko_bridge.backoff, "EXPIRY_GRACE_PERIOD", 100),
         ):
             for delay in delays:
                 with entrypoint_waiter(
-                    delaying_container, "backoff", callback=expired, timeout=10
+                    delaying_container, "backoff", callback=raised_expired, timeout=10
                 ):
                     publish_message(exchange, delay, routing_key=queue.routing_key)
                 counter.increment()
@@ -717,12 +714,9 @@ class TestRetryCount:
 
         container = start_service(Service)
 
-        def expired(worker_ctx, result, exc_info):
-            return exc_info[0] is Backoff.Expired
-
         with (
             patch.object(Backoff, "limit", new=3),
-            entrypoint_waiter(container, "method", callback=expired) as result,
+            entrypoint_waiter(container, "method", callback=raised_expired) as result,
         ):
             publish_message(exchange, "msg", routing_key=queue.routing_key)
 

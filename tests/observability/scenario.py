@@ -14,6 +14,16 @@ from tests.waiting import wait_until
 
 TWICE = fast_backoff(schedule=(30,), limit=2, name="Twice")
 
+RETRIED_TWICE_THEN_PARKED = [
+    "Scheduled",
+    "CameBack",
+    "Scheduled",
+    "CameBack",
+    "Expired",
+    "Parked",
+]
+"""The kinds of event, in order, that a message retried twice and parked is told by."""
+
 
 async def retried_twice_then_parked(
     channel: AbstractChannel,

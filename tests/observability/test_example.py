@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.aio.test_examples import run_example
+from tests.observability.scenario import RETRIED_TWICE_THEN_PARKED
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
@@ -19,14 +20,7 @@ async def test_the_observability_example_prints_its_events_and_metrics(
     code, out, err = await run_example("observability.py", broker)
     assert code == 0, err
     kinds = re.findall(r"^(\w+)\s+\{", out, re.M)
-    assert kinds == [
-        "Scheduled",
-        "CameBack",
-        "Scheduled",
-        "CameBack",
-        "Expired",
-        "Parked",
-    ]
+    assert kinds == RETRIED_TWICE_THEN_PARKED
     assert "prometheus: retries 2.0, expired 1.0, delay 0.1 s" in out
     assert (
         "opentelemetry: aio_backoff.delay, aio_backoff.expired, "

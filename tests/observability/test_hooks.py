@@ -12,13 +12,12 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from aio_backoff import RETRIES_HEADER, Hooks, Retrier, delay_queue
 from aio_backoff.events import CameBack, Expired, NotPlaced, Parked, Scheduled
-from tests.aio.retrying import Recorder, fast_backoff, get_one, publish
+from tests.aio.retrying import Recorder, get_one, publish
 from tests.observability.recording import Events, failing
+from tests.observability.scenario import RETRIED_TWICE_THEN_PARKED, TWICE
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
-
-TWICE = fast_backoff(schedule=(30,), limit=2, name="Twice")
 
 
 async def consume(
@@ -39,13 +38,28 @@ async def consume(
     return recorder
 
 
+async def one_message_told(
+    channel: AbstractChannel,
+    target: AbstractQueue,
+    make_retrier: Any,
+    times: int,
+    body: bytes = b"payload",
+) -> tuple[Events, Recorder]:
+    """One message published to ``target``, consumed by a Retrier backing off
+    ``TWICE`` (failing on its first ``times`` runs) whose hooks tell ``Events``."""
+    events = Events()
+    retrier = make_retrier(backoff=TWICE, hooks=events.hooks())
+    recorder = await consume(retrier, target, times=times)
+    await publish(channel, target.name, body)
+    return events, recorder
+
+
 async def test_a_retry_is_scheduled_and_comes_back_late_by_a_little(
     channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
 ) -> None:
-    events = Events()
-    retrier = make_retrier(backoff=TWICE, hooks=events.hooks())
-    recorder = await consume(retrier, target, times=1)
-    await publish(channel, target.name, b"one")
+    events, recorder = await one_message_told(
+        channel, target, make_retrier, times=1, body=b"one"
+    )
     await recorder.wait(2)
     await wait_until(lambda: events.of(CameBack), what="the came-back event")
     [scheduled] = events.of(Scheduled)
@@ -83,10 +97,7 @@ async def test_an_expired_message_is_parked(
     declared: Any,
 ) -> None:
     declared.queue(f"{target.name}.parked")
-    events = Events()
-    retrier = make_retrier(backoff=TWICE, hooks=events.hooks())
-    recorder = await consume(retrier, target, times=10)
-    await publish(channel, target.name)
+    events, recorder = await one_message_told(channel, target, make_retrier, times=10)
     await wait_until(lambda: events.of(Parked), what="the parked event")
     assert len(recorder.calls) == 3
     assert [event.attempt for event in events.of(Scheduled)] == [1, 2]
@@ -99,14 +110,7 @@ async def test_an_expired_message_is_parked(
     assert parked.parking_queue == f"{target.name}.parked"
     assert "2 retries" in parked.reason or "retries" in parked.reason
     kinds = [type(event).__name__ for event in events.seen]
-    assert kinds == [
-        "Scheduled",
-        "CameBack",
-        "Scheduled",
-        "CameBack",
-        "Expired",
-        "Parked",
-    ]
+    assert kinds == RETRIED_TWICE_THEN_PARKED
 
 
 async def test_a_copy_the_broker_refuses_is_not_placed_and_parked(
@@ -166,10 +170,7 @@ async def test_failing_hooks_do_not_change_the_fate_of_a_message(
 async def test_no_hooks_no_events_and_a_plain_delivery_is_no_came_back(
     channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
 ) -> None:
-    events = Events()
-    retrier = make_retrier(backoff=TWICE, hooks=events.hooks())
-    recorder = await consume(retrier, target, times=0)
-    await publish(channel, target.name)
+    events, recorder = await one_message_told(channel, target, make_retrier, times=0)
     await recorder.wait(1)
     await recorder.settle(0.1)
     assert events.seen == []

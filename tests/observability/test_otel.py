@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
-from aio_backoff import TRACEPARENT_HEADER, Backoff
+from aio_backoff import TRACEPARENT_HEADER, Backoff, Retrier
 from aio_backoff.events import NotPlaced
 from aio_backoff.otel import INSTRUMENTS, otel_hooks, retry_context, retry_links
 from tests.aio.retrying import get_one, publish
@@ -22,6 +22,23 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 """The ``traceparent`` a producer put on a message (the W3C example)."""
 INCOMING_STATE = "congo=t61rcWkgMzE"
+OWN_TRACE_CONTEXT = {TRACEPARENT_HEADER: INCOMING, "tracestate": INCOMING_STATE}
+"""The trace context a producer put on a message: its traceparent and tracestate."""
+
+
+@pytest.fixture
+async def retrier(make_retrier: Any, target: AbstractQueue) -> Retrier:
+    """A Retrier backing off ``TWICE``, its topology for ``target`` declared."""
+    retrier: Retrier = make_retrier(backoff=TWICE)
+    await retrier.publisher.declare(targets=[target.name])
+    return retrier
+
+
+async def the_copy(target: AbstractQueue) -> AbstractIncomingMessage:
+    """The copy a ``Backoff`` put back on ``target``, acked."""
+    copy = await get_one(target)
+    await copy.ack()
+    return copy
 
 
 def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
@@ -64,19 +81,16 @@ async def test_the_reader_sees_retries_expiry_parking_delay_and_lateness(
 
 
 async def test_a_retried_copy_links_to_the_attempt_that_raised(
-    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+    channel: AbstractChannel, target: AbstractQueue, retrier: Retrier
 ) -> None:
     tracer = TracerProvider().get_tracer("test")
-    retrier = make_retrier(backoff=TWICE)
-    await retrier.publisher.declare(targets=[target.name])
     await publish(channel, target.name)
     first = await get_one(target)
     assert retry_links(first.headers) == []
     with tracer.start_as_current_span("attempt") as span:
         async with retrier.process(first, queue=target):
             raise Backoff
-    copy = await get_one(target)
-    await copy.ack()
+    copy = await the_copy(target)
     assert isinstance(copy.headers[TRACEPARENT_HEADER], str)
     attempt = span.get_span_context()
     context = retry_context(copy.headers)
@@ -92,50 +106,39 @@ async def test_a_retried_copy_links_to_the_attempt_that_raised(
 
 
 async def test_no_span_no_traceparent(
-    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+    channel: AbstractChannel, target: AbstractQueue, retrier: Retrier
 ) -> None:
-    retrier = make_retrier(backoff=TWICE)
-    await retrier.publisher.declare(targets=[target.name])
     await publish(channel, target.name)
     async with retrier.process(await get_one(target), queue=target):
         raise Backoff
-    copy = await get_one(target)
-    await copy.ack()
+    copy = await the_copy(target)
     assert TRACEPARENT_HEADER not in copy.headers
     assert retry_context(copy.headers) is None
 
 
 async def test_no_span_keeps_the_messages_own_trace_context(
-    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+    channel: AbstractChannel, target: AbstractQueue, retrier: Retrier
 ) -> None:
     """As nameko_bridge's copies do (tests/nameko/test_trace.py)."""
-    retrier = make_retrier(backoff=TWICE)
-    await retrier.publisher.declare(targets=[target.name])
-    own = {TRACEPARENT_HEADER: INCOMING, "tracestate": INCOMING_STATE}
-    await publish(channel, target.name, headers=own)
+    await publish(channel, target.name, headers=OWN_TRACE_CONTEXT)
     async with retrier.process(await get_one(target), queue=target):
         raise Backoff
-    copy = await get_one(target)
-    await copy.ack()
+    copy = await the_copy(target)
     assert copy.headers[TRACEPARENT_HEADER] == INCOMING
     assert copy.headers["tracestate"] == INCOMING_STATE
 
 
 async def test_a_span_replaces_the_messages_own_trace_context(
-    channel: AbstractChannel, target: AbstractQueue, make_retrier: Any
+    channel: AbstractChannel, target: AbstractQueue, retrier: Retrier
 ) -> None:
     """The span's traceparent, and not the message's tracestate next to it."""
     tracer = TracerProvider().get_tracer("test")
-    retrier = make_retrier(backoff=TWICE)
-    await retrier.publisher.declare(targets=[target.name])
-    own = {TRACEPARENT_HEADER: INCOMING, "tracestate": INCOMING_STATE}
-    await publish(channel, target.name, headers=own)
+    await publish(channel, target.name, headers=OWN_TRACE_CONTEXT)
     first = await get_one(target)
     with tracer.start_as_current_span("attempt") as span:
         async with retrier.process(first, queue=target):
             raise Backoff
-    copy = await get_one(target)
-    await copy.ack()
+    copy = await the_copy(target)
     context = retry_context(copy.headers)
     assert context is not None
     assert context.span_id == span.get_span_context().span_id
