@@ -52,3 +52,18 @@ def test_dynamic_schedule(rabbit_config):
     for gap, scheduled in zip(gaps, (10, 20, 40, 80), strict=True):
         assert gap >= scheduled
     assert expired.startswith("Expired: Backoff aborted after '6' retries")
+
+
+def test_hooks(rabbit_config, capsys):
+    seen = load("nameko_hooks").main(rabbit_config)
+    assert seen == [
+        "Scheduled",
+        "CameBack",
+        "Scheduled",
+        "CameBack",
+        "Expired",
+        "Parked",
+    ]
+    out = capsys.readouterr().out
+    assert "the caller got Expired" in out
+    assert "prometheus: retries 2.0" in out
