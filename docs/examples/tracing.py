@@ -44,7 +44,7 @@ async def main() -> None:
     async with connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(
-            f"labels.{uuid.uuid4().hex[:8]}", auto_delete=True
+            f"labels.{uuid.uuid4().hex[:8]}", durable=True
         )
         retrier = Retrier(channel, backoff=LabelPrinterBusy)
 
@@ -56,14 +56,16 @@ async def main() -> None:
                         raise LabelPrinterBusy
                     printed.set()
 
-        await queue.consume(on_message)
+        tag = await queue.consume(on_message)
         await channel.default_exchange.publish(
             aio_pika.Message(b"label 12", message_id="label-12"),
             routing_key=queue.name,
         )
         async with asyncio.timeout(10):
             await printed.wait()
+        await queue.cancel(tag)
         await retrier.close()
+        await queue.delete()
 
     first, second = exporter.get_finished_spans()
     for attempt, span in enumerate((first, second), start=1):
