@@ -15,6 +15,7 @@ names are imported here at once; the others on first use (PEP 562), so that
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 from .core import (
@@ -80,6 +81,11 @@ from .core.nameko_wire import (
     event_queue,
     rpc_queue_name,
 )
+
+try:
+    __version__ = importlib.metadata.version("aio-backoff")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was not installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from .aiopika import (

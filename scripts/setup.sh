@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the project's virtual environments (idempotent):
-#   .venv           aio-backoff with the nameko extra and the dev tools
+#   .venv           aio-backoff with the nameko extra and the dev tools (the PEP 735
+#                   groups dev and artifact of pyproject.toml; pip 25.1+ installs them)
 #   .venv-upstream  nameko-amqp-retry 0.7.1, the library we replace (benchmarks and
 #                   migration tests run it as a separate service)
 #   .venv-py313     the same as .venv on Python 3.13 (scripts/test.sh runs both suites
@@ -22,11 +23,12 @@ stamp() { sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12; }
 
 dev_venv() {  # directory, python
   if [[ ! -x $1/bin/python || "$(cat "$1/.stamp" 2>/dev/null)" != "$(stamp)" ]]; then
-    echo "setup: installing $1 (aio-backoff[nameko,dev], $("$2" -V 2>&1))"
+    echo "setup: installing $1 (aio-backoff[nameko] and the dev tools, $("$2" -V 2>&1))"
     "$2" -m venv "$1"
+    "$1/bin/pip" install -q --disable-pip-version-check "pip>=25.1"
     # one editable install at a time: each writes aio_backoff.egg-info here
     flock build/.setup.lock "$1/bin/pip" install -q --disable-pip-version-check \
-      -e ".[nameko,dev]"
+      -e ".[nameko]" --group dev --group artifact
     stamp >"$1/.stamp"
   fi
 }
@@ -68,10 +70,11 @@ fi
 # installed without it (docs/faststream.md); scripts/test.sh runs tests/faststream on it.
 fs06_venv() {
   if [[ ! -x .venv-fs06/bin/python || "$(cat .venv-fs06/.stamp 2>/dev/null)" != "$(stamp)" ]]; then
-    echo "setup: installing .venv-fs06 (aio-backoff[dev] with FastStream 0.6.7)"
+    echo "setup: installing .venv-fs06 (aio-backoff, the dev tools and FastStream 0.6.7)"
     "$PYTHON" -m venv .venv-fs06
+    .venv-fs06/bin/pip install -q --disable-pip-version-check "pip>=25.1"
     flock build/.setup.lock .venv-fs06/bin/pip install -q --disable-pip-version-check \
-      -e ".[dev]" "faststream==0.6.7"
+      -e . --group dev "faststream==0.6.7"
     stamp >.venv-fs06/.stamp
   fi
 }

@@ -9,7 +9,9 @@
 #   4.3      asyncio + nameko tests on 4.3 (5674)
 #   4.0      asyncio + nameko tests on 4.0 (5673)
 #   py3.13   asyncio + nameko tests on Python 3.13 (.venv-py313) against 3.10
-#   lint     ruff, mypy, the FastStream tests on FastStream 0.6 (.venv-fs06)
+#   lint     ruff, mypy, the FastStream tests on FastStream 0.6 (.venv-fs06), and
+#            the artifact (scripts/check_artifact.sh: the sdist and the wheel built
+#            from a clean copy, checked, and installed per extra outside the tree)
 # then, alone, the lanes
 #   faults   the fault suite on nodes of its own (scripts/faultbroker.sh) on 3.10
 #            (5690), 4.0 (5691) and 4.3 (5693), one after another: they restart and
@@ -215,6 +217,7 @@ lane_lint() {
   run ruff $bin/ruff check .
   run mypy $bin/mypy
   run "FastStream 0.6 tests on RabbitMQ 3.10" fs06_tests
+  run "the wheel and sdist, installed per extra outside the tree" scripts/check_artifact.sh
 }
 
 # the test lanes (the longest first), then the fault suites alone

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from .. import __version__
 from . import _peek, _preview, _replay, _status, _verify
 from ._errors import CliError, Exit
 
@@ -35,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
             "Delayed retries on RabbitMQ: what waits, what is parked, and put it "
             "back (docs/cli.md)."
         ),
+    )
+    top.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
     )
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in _COMMANDS:
