@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_example() -> str:
-    """The first ```python block of README.md (scripts/check_artifact.sh runs it too)."""
+    """The first ```python block of README.md (check_artifact.sh runs it too)."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = re.search(r"^```python\n(.*?)^```$", text, re.S | re.M)
     assert block, "README.md has no ```python block"

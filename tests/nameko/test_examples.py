@@ -56,14 +56,13 @@ def test_dynamic_schedule(rabbit_config):
 
 def test_hooks(rabbit_config, capsys):
     seen = load("nameko_hooks").main(rabbit_config)
-    assert seen == [
-        "Scheduled",
-        "CameBack",
-        "Scheduled",
-        "CameBack",
-        "Expired",
-        "Parked",
-    ]
+    # Each delivery's worker tells its own events: with a 30 ms delay the copy can
+    # come back (CameBack, another worker) before the worker that placed it has
+    # told Scheduled (after the confirm), so only the order within one worker holds.
+    assert sorted(seen) == sorted(
+        ["Scheduled", "CameBack", "Scheduled", "CameBack", "Expired", "Parked"]
+    )
+    assert seen.index("Expired") < seen.index("Parked")
     out = capsys.readouterr().out
     assert "the caller got Expired" in out
     assert "prometheus: retries 2.0" in out
