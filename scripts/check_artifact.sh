@@ -70,15 +70,9 @@ sys.exit(1 if missing else 0)
 PY
 echo "artifact: every package, py.typed, LICENSE and CHANGELOG.md are in the artifacts"
 
-# The README's example, as written: the first ```python block of README.md.
-"$TOOLS/python" - README.md "$work/readme_example.py" <<'PY'
-import re, sys
-text = open(sys.argv[1], encoding="utf-8").read()
-block = re.search(r"^```python\n(.*?)^```$", text, re.S | re.M)
-if not block:
-    sys.exit("README.md has no ```python block")
-open(sys.argv[2], "w", encoding="utf-8").write(block.group(1))
-PY
+# The README's example, as written: the block tests/aio/test_readme.py runs too.
+"$TOOLS/python" -c 'from tests.aio.test_readme import readme_example
+print(readme_example(), end="")' >"$work/readme_example.py"
 
 version=$("$TOOLS/python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 
